@@ -1,0 +1,256 @@
+"""Typed run configuration: YAML file + dotted command-line overrides -> one validated ``Config``.
+
+OmegaConf structured configs give unknown-key and type checking; this module turns their exceptions
+into messages that name the key, where it came from, and the valid alternatives, and adds the range
+and choice checks that types alone cannot express. Everything downstream receives plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from, how they are split, and the input resolution."""
+
+    path: str = MISSING  # a local folder of images (imagefolder layout) or a Hub dataset id
+    name: Optional[str] = None  # Hub dataset configuration name
+    revision: Optional[str] = None  # Hub dataset revision (branch, tag or commit)
+    train_split: str = "train"
+    val_split: Optional[str] = "auto"  # auto: validation/valid/val if present, else carve from train
+    val_fraction: float = 0.1  # share of train carved out for validation when there is no split
+    test_split: Optional[str] = "auto"  # auto: 'test' if present; scored once with the best weights
+    image_column: Optional[str] = None  # default: detected from the features
+    label_column: Optional[str] = None  # default: detected from the features
+    max_train_samples: Optional[int] = None  # a seeded random subset, for quick experiments
+    max_val_samples: Optional[int] = None
+    image_size: Optional[int] = None  # default: the backbone's pretrained input size
+    crop_pct: Optional[float] = None  # default: the backbone's
+    interpolation: Optional[str] = None  # default: the backbone's (bilinear, bicubic, ...)
+    num_workers: Optional[int] = None  # DataLoader workers; default: chosen for the machine
+
+
+@dataclass
+class AugmentConfig:
+    """Random training augmentations (evaluation never uses them)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random resized crop area
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])  # crop aspect ratio
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 0.0  # max degrees of random rotation
+    color_jitter: Optional[float] = None
+    auto_augment: Optional[str] = None  # a timm policy string, e.g. rand-m9-mstd0.5, augmix, ...
+    random_erasing: float = 0.0  # probability
+
+
+@dataclass
+class ModelConfig:
+    """The backbone, its weights, the new head and what trains."""
+
+    name: str = MISSING  # any timm architecture, optionally with a pretrained tag
+    pretrained: bool = True
+    weights: Optional[str] = None  # Hub repo id, local .safetensors/.pth file, local dir, or package
+    head: str = "linear"  # linear | mlp (Linear -> ReLU -> Dropout -> Linear)
+    head_hidden_dim: int = 512  # mlp head only
+    head_dropout: float = 0.0
+    drop_path_rate: float = 0.0
+    strategy: str = "feature_extraction"  # feature_extraction | full
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision and model selection."""
+
+    epochs: int = 10
+    batch_size: int = 32  # global batch size, whatever the number of processes
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    step_epochs: int = 5  # step scheduler: epochs between decays
+    step_gamma: float = 0.1  # step scheduler: decay factor
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None  # max gradient norm
+    grad_accum_steps: int = 1
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    seed: int = 42
+    best_metric: str = "accuracy"  # validation metric that selects the exported weights
+    early_stopping_patience: Optional[int] = None  # epochs without improvement before stopping
+
+
+@dataclass
+class OutputConfig:
+    """Where results go and what happens to an existing run there."""
+
+    dir: str = "outputs/run"
+    overwrite: bool = False  # delete an existing run in `dir` and start again
+    resume: bool = False  # continue the run in `dir` from its last checkpoint
+    checkpoint_every: Optional[int] = None  # also checkpoint every N optimizer steps
+    tensorboard: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.head": ("linear", "mlp"),
+    "model.strategy": ("feature_extraction", "full"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.scheduler": ("cosine", "step", "constant"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.best_metric": ("accuracy", "f1_macro", "top5_accuracy", "loss"),
+    "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "random"),
+}
+
+# key -> (test, what the value must be)
+RANGES: dict[str, tuple[Any, str]] = {
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: v > 0, "> 0 (for example 1e-3)"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.step_epochs": (lambda v: v >= 1, ">= 1"),
+    "train.step_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.grad_clip": (lambda v: v > 0, "> 0, or null for no clipping"),
+    "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "train.early_stopping_patience": (lambda v: v >= 1, ">= 1, or null to train all epochs"),
+    "data.val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "data.max_train_samples": (lambda v: v >= 1, ">= 1, or null for all"),
+    "data.max_val_samples": (lambda v: v >= 1, ">= 1, or null for all"),
+    "data.image_size": (lambda v: v >= 8, ">= 8 pixels, or null for the backbone's size"),
+    "data.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0, or null for automatic"),
+    "augment.hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "augment.vflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "augment.rotation": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
+    "augment.color_jitter": (lambda v: v >= 0, ">= 0, or null"),
+    "augment.random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "augment.scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "[min, max] with 0 < min <= max <= 1"),
+    "augment.ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max"),
+    "model.head_hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "output.checkpoint_every": (lambda v: v >= 1, ">= 1 optimizer steps, or null"),
+}
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Build a validated config from an optional YAML file and ``a.b=value`` overrides (applied last)."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        merged = _merge(merged, _read_yaml(Path(path)), source=f"config file {path}")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"Override {override!r} must look like key=value, for example train.epochs=3.")
+        merged = _merge(merged, OmegaConf.from_dotlist([override]), source=f"override {override!r}")
+    try:
+        config: Config = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        raise ConfigError(
+            f"Config key '{e.full_key}' has no value: set it in the YAML file or with --{e.full_key} VALUE."
+        ) from None
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check choices and ranges that the types alone do not capture."""
+    for key, choices in CHOICES.items():
+        value = get_key(config, key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"Invalid value for '{key}': {value!r}. Valid values: {', '.join(choices)}.")
+    for key, (ok, must_be) in RANGES.items():
+        value = get_key(config, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"Invalid value for '{key}': {value!r}. It must be {must_be}.")
+    if config.train.batch_size % config.train.grad_accum_steps:
+        raise ConfigError(
+            f"'train.batch_size' ({config.train.batch_size}) must be a multiple of "
+            f"'train.grad_accum_steps' ({config.train.grad_accum_steps})."
+        )
+
+
+def get_key(config: Any, dotted: str) -> Any:
+    """Value of a dotted key (``train.lr``) in a config dataclass."""
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML, ready to be loaded again with :func:`load_config`."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain nested dicts (for trackers and model cards)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+def valid_keys(section: str = "") -> list[str]:
+    """Dotted names of the keys in a section ('' for the top level)."""
+    node: Any = Config
+    for part in filter(None, section.split(".")):
+        node = {f.name: f for f in fields(node)}[part].default_factory
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Pass --config with a YAML file, e.g. configs/quickstart.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections (data, model, train, ...).")
+    return OmegaConf.create(data)
+
+
+def _merge(base: DictConfig, extra: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, extra)
+    except ConfigKeyError as e:
+        raise ConfigError(_unknown_key_message(e.full_key, source)) from None
+    except OmegaConfBaseException as e:
+        reason = str(e.msg).splitlines()[0]
+        raise ConfigError(f"Invalid value for '{e.full_key}' in {source}: {reason}.") from None
+
+
+def _unknown_key_message(full_key: str, source: str) -> str:
+    section, _, name = full_key.rpartition(".")
+    try:
+        keys = valid_keys(section)
+    except KeyError:  # the section itself is unknown: report it at the top level
+        section, name = "", full_key.split(".")[0]
+        keys = valid_keys("")
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(name, keys, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    where = f"'{section}'" if section else "the top level"
+    return f"Unknown config key '{prefix}{name}' in {source}.{hint} Valid keys in {where}: {', '.join(keys)}."

@@ -1,0 +1,68 @@
+"""DataLoaders over the prepared splits, with workers and memory pinning chosen for the machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from .config import Config
+from .data import Splits
+from .transforms import INDEX_COLUMN, BatchTransform, SharedEpoch, build_transform
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: Optional[DataLoader]
+    epoch: SharedEpoch  # set before each training epoch; seeds that epoch's augmentations
+
+
+def build_loaders(splits: Splits, input_config: dict[str, Any], config: Config, device: torch.device) -> Loaders:
+    """Training loader (augmented, shuffled, seeded per sample) and evaluation loaders."""
+    epoch = SharedEpoch()
+    seed = config.train.seed
+    train_transform = BatchTransform(
+        build_transform(input_config, config.augment), splits.image_column, splits.label_column, seed, epoch
+    )
+    eval_transform = BatchTransform(build_transform(input_config), splits.image_column, splits.label_column)
+    train_set = with_row_index(splits.train).with_transform(train_transform)
+    workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
+    micro_batch = config.train.batch_size // config.train.grad_accum_steps
+    eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
+
+    def loader(dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=training,
+            drop_last=training and len(dataset) > batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),  # never draws from the global RNG
+        )
+
+    return Loaders(
+        train=loader(train_set, micro_batch, training=True),
+        val=loader(splits.val.with_transform(eval_transform), eval_batch, training=False),
+        test=loader(splits.test.with_transform(eval_transform), eval_batch, training=False) if splits.test else None,
+        epoch=epoch,
+    )
+
+
+def with_row_index(dataset: Dataset) -> Dataset:
+    """Add the row number column that keys per-sample augmentation seeds."""
+    return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+def default_num_workers() -> int:
+    """Half the cores of this process's share of the machine (at most 8): the rest run the model."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // (2 * processes)))
