@@ -130,9 +130,14 @@ def _choose(candidates: list[str], preferred: tuple[str, ...], kind: str, column
         if name in candidates:
             return name
     what = "no" if not candidates else f"several ({', '.join(candidates)})"
+    folder_hint = (
+        " For a folder of images, put each class in its own sub-folder (at least 2 classes)."
+        if kind == "label" and not candidates
+        else ""
+    )
     raise DataError(
         f"Found {what} {kind} columns in the dataset; set data.{kind}_column to the one to use. "
-        f"Columns: {', '.join(columns)}."
+        f"Columns: {', '.join(columns)}.{folder_hint}"
     )
 
 

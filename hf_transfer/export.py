@@ -7,6 +7,7 @@ and transformers' TimmWrapper. Files are written to a temporary folder and renam
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,5 +39,18 @@ def export_model(
     model.pretrained_cfg = {**model.pretrained_cfg, **input_config}
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as staging:
         save_for_hf(model, staging, model_config=model_config, safe_serialization=True)
+        _drop_num_classes_arg(Path(staging) / "config.json")
         for name in EXPORT_FILES:
             os.replace(Path(staging) / name, directory / name)
+
+
+def _drop_num_classes_arg(config_path: Path) -> None:
+    """Remove ``num_classes`` from ``model_args``: transformers' TimmWrapper passes both
+    ``num_classes=num_labels`` and ``**model_args`` to timm and fails on the duplicate, while timm
+    reads the class count from the top-level ``num_classes`` anyway."""
+    config = json.loads(config_path.read_text())
+    model_args = config.get("model_args", {})
+    model_args.pop("num_classes", None)
+    if not model_args:
+        config.pop("model_args", None)
+    config_path.write_text(json.dumps(config, indent=2))

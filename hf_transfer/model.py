@@ -7,7 +7,7 @@ import logging
 from typing import Optional
 
 import timm
-import torch
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .config import ModelConfig
@@ -17,12 +17,20 @@ from .weights import resolve_weights_file
 logger = logging.getLogger(__name__)
 
 
-def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
-    """A timm model with pretrained weights (as configured) and a fresh ``num_classes`` head."""
+def create_model(config: ModelConfig, num_classes: int, image_size: Optional[int] = None) -> nn.Module:
+    """A timm model with pretrained weights (as configured) and a fresh ``num_classes`` head.
+
+    ``image_size`` is passed on to architectures built for one input size (ViT and kin), whose
+    position embeddings timm then resamples; the others take any size as they are.
+    """
     check_model_name(config.name)
     overlay = None
     if config.pretrained and config.weights:
         overlay = {"file": str(resolve_weights_file(config.weights, config.name))}
+    extra = {}
+    pretrained_cfg = None if ":" in config.name else get_pretrained_cfg(config.name)
+    if image_size and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        extra["img_size"] = image_size
     try:
         model = timm.create_model(
             config.name,
@@ -31,6 +39,7 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
             num_classes=num_classes,
             drop_rate=config.head_dropout if config.head == "linear" else 0.0,
             drop_path_rate=config.drop_path_rate or None,
+            **extra,
         )
     except (RuntimeError, OSError, ValueError) as e:
         raise ModelError(_creation_failure(config, e)) from e
@@ -90,17 +99,19 @@ def classifier_parameter_names(model: nn.Module) -> set[str]:
 
 def _creation_failure(config: ModelConfig, error: Exception) -> str:
     text = f"{type(error).__name__}: {error}"
-    where: Optional[str] = None
     if config.pretrained and config.weights:
-        where = f"the weights in model.weights {config.weights!r}"
-    elif config.pretrained:
-        where = f"the pretrained weights of {config.name!r} from the Hugging Face Hub"
-    if where is None:
-        return f"Could not create model {config.name!r}: {text}"
-    return (
-        f"Could not load {where}: {text}. Without network access, set model.weights to a local file or "
-        "folder (or run with HF_HUB_OFFLINE=1 and a populated cache); model.pretrained false trains from scratch."
-    )
+        return (
+            f"Could not load the weights in model.weights {config.weights!r} into {config.name!r}: {text}. "
+            "The file must hold a state dict of that architecture; pickled files are read only with "
+            "weights_only=True, so re-save untrusted or custom checkpoints as safetensors."
+        )
+    if config.pretrained:
+        return (
+            f"Could not load the pretrained weights of {config.name!r} from the Hugging Face Hub: {text}. "
+            "Without network access, set model.weights to a local file or folder (or run with "
+            "HF_HUB_OFFLINE=1 and a populated cache); model.pretrained false trains from scratch."
+        )
+    return f"Could not create model {config.name!r}: {text}"
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -118,7 +118,7 @@ def prepare(config: Config, accelerator: Accelerator, root: Path) -> Run:
     """Load data and model, freeze per strategy, and let accelerate wrap everything."""
     with accelerator.main_process_first():
         splits = load_splits(config.data, config.train.seed)
-        model = create_model(config.model, splits.num_classes)
+        model = create_model(config.model, splits.num_classes, config.data.image_size)
     stages = parameter_stages(model)
     set_trainable_stages(model, stages, trainable_stage_count(config.model.strategy, len(stages)))
     trainable, frozen = count_parameters(model)

@@ -1,14 +1,62 @@
-"""Shared fixtures. ``hub_server`` and ``hub_env`` give a test an offline Hugging Face Hub (see hub_server.py)."""
+"""Shared fixtures and helpers.
+
+Tests run offline against real files: the bundled Fashion-MNIST sample, images written on the fly,
+tiny timm models (``test_resnet``, ``test_efficientnet``, ...) at small sizes. ``hub_server`` and
+``hub_env`` give a test an offline Hugging Face Hub (see hub_server.py).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
+# Before any Hugging Face library is imported: no network, and caches in a throwaway folder.
+_HF_HOME = tempfile.mkdtemp(prefix="hf_transfer-tests-")
+os.environ.update({"HF_HOME": _HF_HOME, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
 
-from hub_server import HubServer
+import pytest  # noqa: E402
+
+from hub_server import HubServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = REPO / "data" / "fashion-mnist-mini"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+def tiny_overrides(tmp_path: Path, **overrides: Any) -> list[str]:
+    """``key=value`` overrides of a run that takes seconds: a tiny random-init model at 32 px on a
+    small sample of the bundled data. Keyword names use ``__`` for the dot (``train__epochs=2``)."""
+    settings: dict[str, Any] = {
+        "data.path": str(MINI),
+        "data.image_size": 32,
+        "data.max_train_samples": 80,
+        "data.max_val_samples": 40,
+        "data.num_workers": 0,
+        "model.name": "test_resnet",
+        "model.pretrained": False,
+        "model.strategy": "full",
+        "train.epochs": 1,
+        "train.batch_size": 16,
+        "train.lr": 0.01,
+        "output.dir": str(tmp_path / "run"),
+    }
+    settings.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return [f"{key}={'null' if value is None else value}" for key, value in settings.items()]
+
+
+def tiny_config(tmp_path: Path, **overrides: Any):
+    """A validated :class:`hf_transfer.config.Config` for :func:`tiny_overrides`."""
+    from hf_transfer.config import load_config
+
+    return load_config(None, tiny_overrides(tmp_path, **overrides))
 
 # Token -> user, and org -> members, of the test Hub. "alice" may write to "alice/*" and "alice-lab/*",
 # but not to "bob/*" nor "bob-lab/*": that is how tests reach a 403.
@@ -79,3 +127,21 @@ def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(hf_api.api, "endpoint", url)
     monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(home / "hub"))  # imported by name: scan_cache_dir()
     return hub_server
+
+
+def write_imagefolder(root: Path, layout: dict[str, dict[str, int]], size: int = 24, mode: str = "RGB") -> Path:
+    """Write ``layout`` = {split: {class: count}} as PNG files under ``root`` (split "" = no split folder).
+    Each class gets a distinct brightness so a model can tell them apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in layout.items():
+        for index, (name, count) in enumerate(sorted(classes.items())):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for number in range(count):
+                base = 40 + 180 * index / max(1, len(classes) - 1)
+                pixels = np.clip(rng.normal(base, 20, (size, size, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).convert(mode).save(folder / f"{name}_{number}.png")
+    return root
