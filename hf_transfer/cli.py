@@ -55,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     try:
         args, overrides = parse_args(argv)
         config = load_config(args.config, overrides)

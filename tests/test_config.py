@@ -108,3 +108,15 @@ def test_print_config_shows_the_resolved_values(tmp_path: Path, capsys: pytest.C
     args = [f"--{o}" for o in tiny_overrides(tmp_path, train__epochs=4)]
     assert main(["--print-config", *args]) == 0
     assert "epochs: 4" in capsys.readouterr().out
+
+
+def test_readme_documents_every_config_key() -> None:
+    import re
+    from dataclasses import fields
+
+    from hf_transfer.config import Config
+
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"`((?:data|augment|model|train|output)\.[a-z_]+)`", readme))
+    keys = {f"{section.name}.{key.name}" for section in fields(Config) for key in fields(section.default_factory)}
+    assert keys - documented == set(), "README's config reference misses these keys"
