@@ -32,3 +32,21 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     results["loss"] = F.cross_entropy(logits, labels).item()
     results["num_samples"] = int(labels.numel())
     return results
+
+
+def class_report(logits: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> dict:
+    """Balanced accuracy, per-class precision/recall/F1/support keyed by class name, and the
+    confusion matrix (rows: true class, columns: predicted class, in ``label_names`` order)."""
+    ranked = logits.float().argmax(-1, keepdim=True)
+    results = load_metric().compute(
+        predictions=ranked.tolist(), references=labels.long().tolist(), top_k=0, num_classes=len(label_names)
+    )
+    per_class = {
+        name: {key: results[key][index] for key in ("precision", "recall", "f1", "support")}
+        for index, name in enumerate(label_names)
+    }
+    return {
+        "balanced_accuracy": results["balanced_accuracy"],
+        "per_class": per_class,
+        "confusion_matrix": results["confusion_matrix"],
+    }

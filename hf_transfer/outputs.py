@@ -14,6 +14,8 @@ from .errors import CheckpointError
 CONFIG_FILE = "training_config.yaml"
 METRICS_LOG = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+CURVES_PLOT = "curves.png"
+CONFUSION_PLOT = "confusion_matrix.png"
 
 
 def check_output_dir(config: OutputConfig) -> Path:

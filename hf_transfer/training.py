@@ -31,10 +31,20 @@ from .errors import CheckpointError, ConfigError, TrainingInterrupted
 from .export import export_model
 from .freezing import parameter_stages, set_trainable_stages, train_mode, trainable_stage_count
 from .loaders import Loaders, build_loaders
-from .metrics import classification_metrics
+from .metrics import class_report, classification_metrics
 from .model import count_parameters, create_model
 from .optim import build_optimizer, build_scheduler
-from .outputs import CHECKPOINTS, CONFIG_FILE, check_output_dir, reset_output_dir, write_atomic, write_metrics_log
+from .outputs import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    check_output_dir,
+    reset_output_dir,
+    write_atomic,
+    write_metrics_log,
+)
+from .plots import plot_confusion_matrix, plot_curves
 from .transforms import resolve_input_config
 
 logger = logging.getLogger(__name__)
@@ -236,27 +246,36 @@ def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "train_images_per_s": seen / elapsed}
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator) -> dict[str, float]:
     """Metrics over the whole split, each image counted exactly once across processes."""
+    return classification_metrics(*predict(model, loader, accelerator))
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of the whole split on every process, in dataset order, without duplicates."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
         gathered = accelerator.gather_for_metrics((model(batch["pixel_values"]), batch["labels"]))
         logits.append(gathered[0].float().cpu())
         labels.append(gathered[1].cpu())
-    return classification_metrics(torch.cat(logits), torch.cat(labels))
+    return torch.cat(logits), torch.cat(labels)
 
 
 def finish(run: Run, state: RunState) -> dict[str, Any]:
-    """Load the best weights, score the test split, export the model and write ``metrics.json``."""
+    """Load the best weights, score them on validation (per class too) and test, export the model,
+    and write ``metrics.json`` and the plots."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(run.model)
     best = run.checkpoints / BEST_WEIGHTS
     if best.is_file():
         model.load_state_dict(load_file(str(best), device=str(accelerator.device)))
-    best_record = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1])
+    names = run.splits.label_names
+    logits, labels = predict(run.model, run.loaders.val, accelerator)
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "best_metric": run.config.train.best_metric,
@@ -265,18 +284,22 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         "train_time_s": round(sum(r["epoch_time_s"] for r in state.history), 3),
         "num_train": len(run.splits.train),
         "num_val": len(run.splits.val),
-        "label_names": run.splits.label_names,
-        "val": {k[4:]: v for k, v in best_record.items() if k.startswith("val_")},
+        "label_names": names,
+        "val": {**classification_metrics(logits, labels), **class_report(logits, labels, names)},
     }
     if run.loaders.test is not None:
-        results["test"] = evaluate(run.model, run.loaders.test, accelerator)
+        logits, labels = predict(run.model, run.loaders.test, accelerator)
+        results["test"] = {**classification_metrics(logits, labels), **class_report(logits, labels, names)}
     if accelerator.is_main_process:
         head = None
         if run.config.model.head == "mlp":
             head = {"type": "mlp", "hidden_dim": run.config.model.head_hidden_dim, "dropout": run.config.model.head_dropout}
-        export_model(model, run.root, run.splits.label_names, run.input_config, head)
+        export_model(model, run.root, names, run.input_config, head)
         write_atomic(run.root / METRICS_FILE, json.dumps(results, indent=2).encode())
-        logger.info("Best epoch %s: %s; model exported to %s", state.best_epoch, results["val"], run.root)
+        plot_curves(state.history, run.root / CURVES_PLOT, state.best_epoch)
+        plot_confusion_matrix(results["val"]["confusion_matrix"], names, run.root / CONFUSION_PLOT)
+        summary = {k: round(results["val"][k], 4) for k in ("accuracy", "f1_macro", "balanced_accuracy", "loss")}
+        logger.info("Best epoch %s: validation %s; model exported to %s", state.best_epoch, summary, run.root)
     accelerator.wait_for_everyone()
     return results
 

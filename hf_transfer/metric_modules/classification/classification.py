@@ -7,7 +7,13 @@ it works without reaching the Hugging Face Hub.
 
 import datasets
 import evaluate
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 
 class Classification(evaluate.Metric):
@@ -17,7 +23,9 @@ class Classification(evaluate.Metric):
             citation="",
             inputs_description=(
                 "predictions: per sample, class ids ranked best first (at least one); "
-                "references: the true class id; top_k: k of the top-k accuracy (0 to skip it)."
+                "references: the true class id; top_k: k of the top-k accuracy (0 to skip it); "
+                "num_classes: with it, also balanced accuracy, per-class precision/recall/F1/support "
+                "and the confusion matrix (rows: true class, columns: predicted class)."
             ),
             features=datasets.Features(
                 {
@@ -27,7 +35,7 @@ class Classification(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, top_k=5):
+    def _compute(self, predictions, references, top_k=5, num_classes=None):
         best = [ranked[0] for ranked in predictions]
         results = {
             "accuracy": float(accuracy_score(references, best)),
@@ -36,4 +44,13 @@ class Classification(evaluate.Metric):
         if top_k:
             hits = sum(reference in ranked[:top_k] for ranked, reference in zip(predictions, references))
             results[f"top{top_k}_accuracy"] = hits / len(references)
+        if num_classes:
+            labels = list(range(num_classes))
+            precision, recall, f1, support = precision_recall_fscore_support(
+                references, best, labels=labels, zero_division=0
+            )
+            results["balanced_accuracy"] = float(balanced_accuracy_score(references, best))
+            results["precision"], results["recall"] = precision.tolist(), recall.tolist()
+            results["f1"], results["support"] = f1.tolist(), support.tolist()
+            results["confusion_matrix"] = confusion_matrix(references, best, labels=labels).tolist()
         return results
