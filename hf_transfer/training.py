@@ -78,7 +78,7 @@ def train(config: Config) -> dict[str, Any]:
     accelerator = build_accelerator(config, root)
     if accelerator.is_main_process:
         reset_output_dir(root, config.output.overwrite)
-        (root / CONFIG_FILE).write_text(to_yaml(config))
+        write_atomic(root / CONFIG_FILE, to_yaml(config).encode())
     accelerator.wait_for_everyone()
     set_seed(config.train.seed)
     run = prepare(config, accelerator, root)
