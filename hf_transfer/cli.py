@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Optional, Sequence
 from .config import load_config, to_yaml
 from .errors import ConfigError, HfTransferError, TrainingInterrupted
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 USAGE_EXAMPLE = "python train.py --config configs/quickstart.yaml --train.epochs 3 --data.path ./my_images"
 
 
@@ -62,13 +64,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(to_yaml(config), end="")
             return 0
+        from .launch import relaunch_on_cpu_processes
         from .training import train  # slow imports, after the config is known good
 
+        code = relaunch_on_cpu_processes()
+        if code is not None:
+            return code
         train(config)
     except TrainingInterrupted as e:
         print(f"hf_transfer: {e}", file=sys.stderr)
         return e.exit_code
     except HfTransferError as e:
         print(f"hf_transfer: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(
+            f"hf_transfer: error: the disk is full ({e.strerror}) writing {e.filename or 'the outputs'}. "
+            "Completed checkpoints are kept: free space, then run again with --output.resume.",
+            file=sys.stderr,
+        )
         return 2
     return 0

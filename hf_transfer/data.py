@@ -7,21 +7,24 @@ feature, so every later stage can rely on ``label_names[i]`` being the name of c
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
+from PIL import Image as PILImage
 
 from .config import DataConfig
 from .errors import DataError
+from .image_check import check_class_folders, check_images
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
+PIL_MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS  # PIL's default, restored when data.max_image_pixels is null
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Splits:
     label_column: str
     label_names: list[str]
     val_carved: bool  # True when val was carved out of train (not a split of the dataset)
+    skipped: dict[str, list[dict]] = field(default_factory=dict)  # unreadable images left out, per split
 
     @property
     def num_classes(self) -> int:
@@ -42,7 +46,10 @@ class Splits:
 
 
 def load_splits(config: DataConfig, seed: int) -> Splits:
-    """Load the dataset named by ``config`` and return its train/val/test splits."""
+    """Load the dataset named by ``config`` and return its train/val/test splits, every image
+    checked to decode (see :mod:`hf_transfer.image_check`)."""
+    # PIL's own decompression-bomb guard, for the check below and for decoding in DataLoader workers
+    PILImage.MAX_IMAGE_PIXELS = config.max_image_pixels or PIL_MAX_IMAGE_PIXELS
     dataset = load_dataset_dict(config)
     image_column, label_column = detect_columns(dataset, config.image_column, config.label_column)
     dataset = encode_labels(dataset, label_column)
@@ -53,9 +60,18 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             "at least 2. With a folder of images, put each class in its own sub-folder."
         )
     train, val, test, carved = pick_splits(dataset, config, label_column, seed)
-    train = _subset(train, config.max_train_samples, seed)
-    val = _subset(val, config.max_val_samples, seed)
-    return Splits(train, val, test, image_column, label_column, list(label_names), carved)
+    checked, skipped = {}, {}
+    named = {"train": _subset(train, config.max_train_samples, seed), "val": _subset(val, config.max_val_samples, seed)}
+    if test is not None:
+        named["test"] = test
+    for name, split in named.items():
+        checked[name], dropped = check_images(split, image_column, name, config.on_bad_image)
+        if dropped:
+            skipped[name] = dropped
+    return Splits(
+        checked["train"], checked["val"], checked.get("test"), image_column, label_column, list(label_names),
+        carved, skipped,
+    )
 
 
 def load_dataset_dict(config: DataConfig) -> DatasetDict:
@@ -66,6 +82,7 @@ def load_dataset_dict(config: DataConfig) -> DatasetDict:
             raise DataError(f"data.path {config.path!r} is a file; point it at a folder of images or a Hub dataset id.")
         if (path / "dataset_dict.json").is_file():
             return datasets.load_from_disk(str(path))
+        check_class_folders(path)
         return _load(str(path), config)
     if _looks_local(config.path):
         raise DataError(
