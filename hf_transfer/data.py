@@ -13,6 +13,7 @@ from typing import Optional
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
+from datasets.exceptions import DatasetNotFoundError
 from PIL import Image as PILImage
 
 from .config import DataConfig
@@ -96,14 +97,29 @@ def _load(path: str, config: DataConfig) -> DatasetDict:
     try:
         loaded = datasets.load_dataset(path, config.name, revision=config.revision)
     except Exception as e:  # datasets raises many types (network, not found, empty folder)
-        raise DataError(
-            f"Could not load dataset {path!r} (config name {config.name!r}, revision {config.revision!r}): "
-            f"{type(e).__name__}: {e}. Check data.path, data.name and data.revision; Hub datasets need "
-            "network access (or a populated HF cache with HF_HUB_OFFLINE=1)."
-        ) from e
+        raise DataError(_load_failure(path, config, e)) from e
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     return loaded
+
+
+def _load_failure(path: str, config: DataConfig, error: Exception) -> str:
+    """What `datasets` said, and what to change: not found (or not readable), unreachable, or anything else."""
+    named = (("name", config.name), ("revision", config.revision))
+    asked = "".join(f", data.{key} {value!r}" for key, value in named if value)
+    message = f"Could not load dataset {path!r}{asked}: {type(error).__name__}: {str(error).rstrip('.')}."
+    if isinstance(error, DatasetNotFoundError):
+        return message + (
+            " Check data.path (a local folder, or the id 'owner/name' of a Hub dataset) and data.revision "
+            "(a branch, tag or commit of it). A private or gated dataset also needs a token that can read it: "
+            "run `hf auth login` or set HF_TOKEN."
+        )
+    if isinstance(error, ConnectionError):
+        return message + (
+            " Hub datasets need network access; offline (HF_HUB_OFFLINE=1) only datasets already in the HF "
+            "cache load. Or point data.path at a local copy."
+        )
+    return message + " Check data.path, data.name (a configuration of the dataset) and data.revision."
 
 
 def _looks_local(path: str) -> bool:
