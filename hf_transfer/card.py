@@ -32,6 +32,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 REPO_ID_PLACEHOLDER = "<user>/<model-name>"  # in the usage snippets until the model is pushed
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "license")
 TAGS = ["image-classification", "timm", "transfer-learning", "hf-transfer-learning"]
+PRECISIONS = {"no": "float32", "fp16": "float16 mixed precision", "bf16": "bfloat16 mixed precision"}
 STRATEGIES = {
     "feature_extraction": "Feature extraction: the pretrained backbone stayed frozen (its BatchNorm statistics too) "
     "and only the new head trained.",
@@ -86,7 +87,7 @@ def build_model_card(model_dir: Path) -> ModelCard:
         head_hidden=(head or {}).get("hidden_dim"),
         repo_id=REPO_ID_PLACEHOLDER,
         limitations=_limitations(names, metrics, data, config, head),
-        reproducibility=_reproducibility(info, training),
+        reproducibility=_reproducibility(info),
     )
 
 
@@ -233,7 +234,7 @@ def _settings(training: dict, metrics: dict, info: dict, config: dict) -> list[t
         ("input", f"{size[1]}×{size[2]} px, {pretrained_cfg['interpolation']} resize, crop_pct {pretrained_cfg.get('crop_pct')}, {pretrained_cfg.get('crop_mode', 'center')} crop"),
         ("normalisation", f"mean {_floats(pretrained_cfg['mean'])}, std {_floats(pretrained_cfg['std'])}"),
         ("augmentation", "; ".join(augmentations)),
-        ("precision", hardware["mixed_precision"]),
+        ("precision", PRECISIONS.get(hardware["mixed_precision"], hardware["mixed_precision"])),
         ("training time", f"{metrics['train_time_s']:.0f} s on {hardware['processes']} {hardware['device']} process{'es' if hardware['processes'] > 1 else ''}"),
     ]
 
@@ -275,7 +276,7 @@ def _limitations(names: list[str], metrics: dict, data: dict, config: dict, head
     val = metrics["val"]
     low, high = wilson_interval(val["accuracy"], val["num_samples"])
     size = config["pretrained_cfg"]["input_size"]
-    weakest = sorted(val["per_class"].items(), key=lambda item: item[1]["recall"])[:3]
+    weakest = [item for item in sorted(val["per_class"].items(), key=lambda item: item[1]["recall"]) if item[1]["recall"] < 1][:3]
     items = [
         f"It knows only these {len(names)} classes and gives every image one of them, also images of none of them; "
         "a low top probability is the sign of such an input.",
@@ -283,8 +284,9 @@ def _limitations(names: list[str], metrics: dict, data: dict, config: dict, head
         f"those (other cameras, lighting, backgrounds or framing); every input is resized to {size[1]}×{size[2]} pixels.",
         f"With {val['num_samples']} validation images, the 95 % interval of the validation accuracy is "
         f"{low:.1%} to {high:.1%} (Wilson score interval).",
-        "The weakest classes on validation (recall): " + ", ".join(f"{_cell(name)} {row['recall']:.2f}" for name, row in weakest) + ".",
     ]
+    if weakest:
+        items.append("The weakest classes on validation (recall): " + ", ".join(f"{_cell(name)} {row['recall']:.2f}" for name, row in weakest) + ".")
     if "test" in metrics:
         items.append("The validation split chose the epoch, so its score is slightly optimistic; the test split was scored once, with these weights.")
     else:
@@ -297,7 +299,7 @@ def _limitations(names: list[str], metrics: dict, data: dict, config: dict, head
     return items
 
 
-def _reproducibility(info: dict, training: dict) -> list[tuple[str, str]]:
+def _reproducibility(info: dict) -> list[tuple[str, str]]:
     data, weights = info["data"], info["weights"]
     packages = ", ".join(f"{name} {version}" for name, version in info["packages"].items() if version)
     fingerprints = ", ".join(f"{role} `{split['fingerprint']}`" for role, split in data["splits"].items())
@@ -312,7 +314,7 @@ def _reproducibility(info: dict, training: dict) -> list[tuple[str, str]]:
         ("data", _cell(source)),
         ("dataset fingerprints", fingerprints),
         ("starting weights", starting),
-        ("hardware", f"{info['hardware']['device']}, {info['hardware']['processes']} process(es), precision {info['hardware']['mixed_precision']}"),
+        ("hardware", f"{info['hardware']['device']}, {info['hardware']['processes']} process(es)"),
         ("recorded", info["created"]),
     ]
 

@@ -13,7 +13,7 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hf_transfer.card import card_problems, wilson_interval
+from hf_transfer.card import card_problems, wilson_interval, write_model_card
 from hf_transfer.config import ModelConfig, load_config
 from hf_transfer.data import load_splits
 from hf_transfer.run_info import weights_record
@@ -134,3 +134,19 @@ def test_wilson_interval_matches_the_textbook_value() -> None:
     low, high = wilson_interval(0.5, 100)
     assert (round(low, 3), round(high, 3)) == (0.404, 0.596)
     assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(0.0, 10)[0] == 0.0
+
+
+def test_card_of_a_hub_dataset_and_hub_weights_names_both(trained_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(trained_run, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads((folder / "run_info.json").read_text())
+    info["data"].update(source="hub", id="AI-Lab-Makerere/beans", revision="4e3b0e3")
+    info["weights"] = weights_record(ModelConfig(name="resnet50.a1_in1k"))
+    (folder / "run_info.json").write_text(json.dumps(info))
+    write_model_card(folder)
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert (data["base_model"], data["license"], data["datasets"]) == ("timm/resnet50.a1_in1k", "apache-2.0", ["AI-Lab-Makerere/beans"])
+    assert {(r.dataset_type, r.dataset_revision) for r in card.data.eval_results} == {("AI-Lab-Makerere/beans", "4e3b0e3")}
+    assert "test_resnet fine-tuned on AI-Lab-Makerere/beans" in card.text
+    assert card_problems(folder) == []

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from hf_transfer.card import card_problems
-from hf_transfer.export import main
+from hf_transfer.export import main, pick_checkpoint
 
 MODEL_REPO_FILES = {
     "model.safetensors", "config.json", "README.md", "training_config.yaml", "metrics.json", "metrics.jsonl",
@@ -45,6 +45,8 @@ def test_last_checkpoint_exports_with_its_own_scores(trained_run: Path, tmp_path
     card = (output / "README.md").read_text()
     assert "license: mit" in card and f"the last checkpoint ({latest.name}, after epoch 2" in card
     assert card_problems(output) == []
+    chosen = pick_checkpoint(run, str(latest))  # the same checkpoint named by its folder
+    assert chosen.weights == latest / "model.safetensors" and chosen.record["kind"] == "chosen"
 
 
 def test_best_export_in_place_completes_a_run_that_lost_its_export(trained_run: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
@@ -18,7 +19,7 @@ from hf_transfer.loading import load_model
 from hf_transfer.predict import main
 from hf_transfer.training import train
 
-from conftest import tiny_config, validation_images
+from conftest import tiny_config, validation_images, write_imagefolder
 
 
 def _timm_probabilities(folder: Path, images: list[Path], flip: bool = False) -> torch.Tensor:
@@ -95,8 +96,10 @@ def test_weights_that_do_not_fit_the_config_are_reported(trained_run: Path, tmp_
         load_model(folder)
 
 
-def test_mlp_head_model_loads_with_hf_transfer_only(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, model__head="mlp", model__head_hidden_dim=32)
+def test_mlp_head_model_loads_with_hf_transfer_only_and_its_card_reports_the_test_split(tmp_path: Path) -> None:
+    data = write_imagefolder(tmp_path / "data", {split: {"dark": n, "mid": n, "light": n} for split, n in
+                                                  (("train", 16), ("validation", 6), ("test", 6))})
+    config = tiny_config(tmp_path, data__path=data, model__head="mlp", model__head_hidden_dim=32)
     results = train(config)
     folder = Path(config.output.dir)
     assert json.loads((folder / "config.json").read_text())["hf_transfer_head"]["hidden_dim"] == 32
@@ -104,10 +107,15 @@ def test_mlp_head_model_loads_with_hf_transfer_only(tmp_path: Path) -> None:
         timm.create_model(f"local-dir:{folder}", pretrained=True)
 
     loaded = load_model(folder)
-    val = load_splits(config.data, config.train.seed).val
-    pixels = torch.stack([loaded.transform(row["image"].convert("RGB")) for row in val])
+    test = load_splits(config.data, config.train.seed).test
+    pixels = torch.stack([loaded.transform(row["image"].convert("RGB")) for row in test])
     with torch.no_grad():
-        accuracy = (loaded.model(pixels).argmax(-1) == torch.tensor(val["label"])).float().mean().item()
-    assert accuracy == pytest.approx(results["val"]["accuracy"], abs=1e-6)
-    card = (folder / "README.md").read_text()
-    assert "Only hf_transfer loads it" in card and 'create_model("hf-hub:' not in card and 'pipeline("image-classification"' not in card
+        accuracy = (loaded.model(pixels).argmax(-1) == torch.tensor(test["label"])).float().mean().item()
+    assert accuracy == pytest.approx(results["test"]["accuracy"], abs=1e-6)
+
+    card = ModelCard.load(folder / "README.md")
+    assert "Only hf_transfer loads it" in card.text
+    assert 'create_model("hf-hub:' not in card.text and 'pipeline("image-classification"' not in card.text
+    assert f"| test | 18 | {results['test']['accuracy']:.1%} |" in card.text
+    scores = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert scores[("test", "accuracy")] == round(results["test"]["accuracy"], 4)

@@ -46,7 +46,7 @@ def test_dry_run_lists_files_and_card_without_any_request(
     assert main(["--model-dir", str(model_dir), "--repo-id", "alice/tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
     listing = out.split("\n\n")[0].splitlines()
-    assert listing[0].startswith(f"Dry run: would push 9 files") and f"to {hub_env.url}/alice/tiny in one commit" in listing[0]
+    assert listing[0].startswith("Dry run: would push 9 files") and f"to {hub_env.url}/alice/tiny in one commit" in listing[0]
     weights = next(line for line in listing if "model.safetensors" in line and ".tmp" not in line)
     assert f"{(model_dir / 'model.safetensors').stat().st_size / 1e6:.1f} MB" in weights
     assert not any(word in out for word in ("checkpoints", "tensorboard", ".tmp123"))
@@ -175,7 +175,7 @@ def test_the_token_is_never_written_logged_or_printed(
     root.addHandler(log)
     image = str(validation_images(1)[0])
     try:
-        assert cli.main([f"--{o}" for o in tiny_overrides(tmp_path)]) == 0
+        assert cli.main([f"--{o}" for o in tiny_overrides(tmp_path, data__max_train_samples=32, data__max_val_samples=20)]) == 0
         assert export.main(["--run-dir", str(tmp_path / "run"), "--output", str(tmp_path / "export")]) == 0
         for extra in (["--dry-run"], []):
             assert main(["--model-dir", str(tmp_path / "export"), "--repo-id", "alice/token-check", *extra]) == 0

@@ -33,7 +33,7 @@ def _timm_top1(model_name: str, images: list[Path]) -> list[int]:
 def test_quickstart_model_gives_the_same_predictions_through_every_loader(
     hub_env: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    overrides = ["data.image_size=64", "data.max_train_samples=100", "data.max_val_samples=50", "train.epochs=1",
+    overrides = ["data.image_size=64", "data.max_train_samples=64", "data.max_val_samples=40", "train.epochs=1",
                  "data.num_workers=0", f"data.path={REPO / 'data' / 'fashion-mnist-mini'}", f"output.dir={tmp_path / 'run'}"]
     config = load_config(REPO / "configs" / "quickstart.yaml", overrides)
     train(config)
