@@ -98,6 +98,11 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> RunState:
     """Restore model, optimizer, scheduler and RNG states from ``folder``; return the run state."""
     accelerator.load_state(str(folder))
+    return read_state(folder)
+
+
+def read_state(folder: Path) -> RunState:
+    """The run state saved with the checkpoint in ``folder``."""
     return RunState(**json.loads((folder / STATE_FILE).read_text()))
 
 
@@ -109,7 +114,7 @@ def verify(folder: Path) -> Optional[str]:
         return f"no readable manifest ({e})"
     for name, (size, digest) in expected.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
+        if not path.is_file() or path.stat().st_size != size or sha256_file(path) != digest:
             return f"{name} is missing or altered"
     return None
 
@@ -125,13 +130,14 @@ def save_best_weights(model: torch.nn.Module, root: Path, epoch: int, metric: fl
 
 def _manifest(folder: Path) -> dict[str, list]:
     return {
-        str(path.relative_to(folder)): [path.stat().st_size, _sha256(path)]
+        str(path.relative_to(folder)): [path.stat().st_size, sha256_file(path)]
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST_FILE
     }
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

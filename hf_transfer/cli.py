@@ -1,4 +1,5 @@
-"""Command line of ``train.py``: ``--config FILE`` plus any config key as ``--section.key VALUE``."""
+"""Command line of ``train.py`` (``--config FILE`` plus any config key as ``--section.key VALUE``), and the
+error handling shared by the other commands (export, push, predict)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import errno
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import load_config, to_yaml
 from .errors import ConfigError, HfTransferError, TrainingInterrupted
@@ -85,5 +86,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "Completed checkpoints are kept: free space, then run again with --output.resume.",
             file=sys.stderr,
         )
+        return 2
+    return 0
+
+
+def run_command(command: Callable[[], None], level: int = logging.INFO) -> int:
+    """Run a command-line tool's body: logs at ``level`` on stderr, and a user error is one line on stderr
+    and exit code 2 instead of a traceback."""
+    if not logging.getLogger().handlers:  # leave logging alone where the caller has set it up
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx2").setLevel(max(level, logging.WARNING))  # one line per HTTP request is noise
+    try:
+        command()
+    except HfTransferError as e:
+        print(f"hf_transfer: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -30,6 +30,10 @@ class CheckpointError(HfTransferError):
     """A training checkpoint or output directory is missing, corrupt, or does not match the run."""
 
 
+class PushError(HfTransferError):
+    """Publishing to the Hugging Face Hub failed: login, permission, network, or the folder itself."""
+
+
 class TrainingInterrupted(HfTransferError):
     """SIGINT/SIGTERM stopped the run after a resumable checkpoint was saved."""
 

@@ -13,6 +13,7 @@ from .errors import CheckpointError
 
 CONFIG_FILE = "training_config.yaml"
 METRICS_LOG = "metrics.jsonl"
+METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
 CURVES_PLOT = "curves.png"
 CONFUSION_PLOT = "confusion_matrix.png"

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .checkpoint import BEST_WEIGHTS, RunState, latest_checkpoint, load_checkpoint, save_best_weights, save_checkpoint
+from .card import write_model_card
 from .config import Config, to_dict, to_yaml
 from .data import Splits, load_splits
 from .errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -41,17 +42,17 @@ from .outputs import (
     CONFIG_FILE,
     CONFUSION_PLOT,
     CURVES_PLOT,
+    METRICS_FILE,
     check_output_dir,
     reset_output_dir,
     write_atomic,
     write_metrics_log,
 )
 from .plots import plot_confusion_matrix, plot_curves
+from .run_info import write_run_info
 from .transforms import resolve_input_config
 
 logger = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -306,6 +307,8 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         write_atomic(run.root / METRICS_FILE, json.dumps(results, indent=2).encode())
         plot_curves(state.history, run.root / CURVES_PLOT, state.best_epoch)
         plot_confusion_matrix(results["val"]["confusion_matrix"], names, run.root / CONFUSION_PLOT)
+        write_run_info(run.root, run.config, run.splits, accelerator)
+        write_model_card(run.root)
         summary = {k: round(results["val"][k], 4) for k in ("accuracy", "f1_macro", "balanced_accuracy", "loss")}
         logger.info("Best epoch %s: validation %s; model exported to %s", state.best_epoch, summary, run.root)
     accelerator.wait_for_everyone()

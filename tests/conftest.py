@@ -58,6 +58,22 @@ def tiny_config(tmp_path: Path, **overrides: Any):
 
     return load_config(None, tiny_overrides(tmp_path, **overrides))
 
+def validation_images(per_class: int) -> list[Path]:
+    """The first ``per_class`` images of each class in the bundled validation split (real photos of clothes)."""
+    return [path for folder in sorted((MINI / "validation").iterdir()) for path in sorted(folder.glob("*.png"))[:per_class]]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one finished tiny run (2 epochs on 160 images; it tells several classes apart):
+    export, card, metrics, plots and checkpoints. Shared by many tests: copy it before changing it."""
+    from hf_transfer.training import train
+
+    config = tiny_config(tmp_path_factory.mktemp("trained"), train__epochs=2, data__max_train_samples=160, train__lr=0.005)
+    train(config)
+    return Path(config.output.dir)
+
+
 # Token -> user, and org -> members, of the test Hub. "alice" may write to "alice/*" and "alice-lab/*",
 # but not to "bob/*" nor "bob-lab/*": that is how tests reach a 403.
 HUB_TOKENS = {"hf_alice_token": "alice", "hf_bob_token": "bob"}
