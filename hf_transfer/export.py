@@ -60,6 +60,7 @@ def export_model(
         save_for_hf(model, staging, model_config=model_config, safe_serialization=True)
         _drop_num_classes_arg(Path(staging) / "config.json")
         for name in EXPORT_FILES:
+            os.chmod(Path(staging) / name, 0o644)  # safetensors writes 0600; an export is meant to be shared
             os.replace(Path(staging) / name, directory / name)
 
 
