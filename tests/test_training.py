@@ -34,6 +34,7 @@ def test_training_exports_a_model_timm_loads_with_the_reported_accuracy(tmp_path
     out = Path(config.output.dir)
     for name in ("model.safetensors", "config.json", "training_config.yaml", "metrics.json", "metrics.jsonl"):
         assert (out / name).is_file(), name
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644  # shareable, not owner-only
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in history] == [1, 2]
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(results))
