@@ -1,8 +1,8 @@
 """Publishing a folder to the Hugging Face Hub in one commit, with errors a user can act on.
 
-Nothing here is specific to models: the model push (``push.py``) targets ``HubTarget(id, "model")``, and
-a Gradio Space push would target a ``"space"`` (adding its SDK to ``create_repo``). The token stays inside huggingface_hub (``HF_TOKEN``
-or the stored login): this module only asks whether there is one, and never prints, logs or stores it.
+Nothing here is specific to models: the model push (``push.py``) targets ``HubTarget(id, "model")``, the
+demo push a ``"space"`` with its SDK. The token stays inside huggingface_hub (``HF_TOKEN`` or the stored
+login): this module only asks whether there is one, and never prints, logs or stores it.
 """
 
 from __future__ import annotations
@@ -45,20 +45,24 @@ class HubTarget:
         return f"{self.repo_type} repo {self.repo_id}"
 
 
-def parse_target(repo_id: str, repo_type: str) -> HubTarget:
-    """The repo named by ``repo_id`` (``OWNER/NAME``, a ``hf://`` URI or a Hub URL), which must be a ``repo_type``."""
-    text = repo_id if repo_id.startswith(("hf://", "http://", "https://")) else f"hf://{repo_id}"
+def parse_target(repo_id: str, repo_type: str, option: str = "--repo-id") -> HubTarget:
+    """The repo named by ``repo_id`` (``OWNER/NAME``, a ``hf://`` URI or a Hub URL), which must be a ``repo_type``;
+    a bare ``OWNER/NAME`` is taken as a ``repo_type`` repo. ``option`` names the argument in errors."""
+    text = repo_id
+    if not text.startswith(("hf://", "http://", "https://")):
+        bare = text.count("/") == 1 and repo_type != "model"
+        text = f"hf://{repo_type}s/{text}" if bare else f"hf://{text}"
     try:
         uri = parse_hf_uri(text, endpoint=constants.ENDPOINT)
     except HfUriError as e:
-        raise PushError(f"--repo-id {repo_id!r} is not a repo id like USER/NAME: {e.msg}") from None
+        raise PushError(f"{option} {repo_id!r} is not a repo id like USER/NAME: {e.msg}") from None
     if uri.type != repo_type:
         raise PushError(
-            f"--repo-id {repo_id!r} names a {uri.type} repo, but this pushes a {repo_type}: "
-            f"use --repo-id {uri.id} for a {repo_type} repo of that name."
+            f"{option} {repo_id!r} names a {uri.type} repo, but this pushes a {repo_type}: "
+            f"use {option} {uri.id} for a {repo_type} repo of that name."
         )
     if uri.revision is not None or uri.path_in_repo:
-        raise PushError(f"--repo-id {repo_id!r} must be just USER/NAME; choose a branch with --revision.")
+        raise PushError(f"{option} {repo_id!r} must be just USER/NAME; choose a branch with --revision.")
     return HubTarget(uri.id, repo_type)
 
 
@@ -106,9 +110,10 @@ def upload(
     commit_message: str,
     private: bool = False,
     revision: Optional[str] = None,
+    space_sdk: Optional[str] = None,
 ) -> str:
-    """Create ``target`` if needed and upload ``folder`` (minus :data:`IGNORE_PATTERNS`) in one commit;
-    return the URL of what was pushed."""
+    """Create ``target`` if needed (a Space with ``space_sdk``) and upload ``folder`` (minus
+    :data:`IGNORE_PATTERNS`) in one commit; return the URL of what was pushed."""
     source = token_source()
     if source is None:
         raise PushError(
@@ -120,11 +125,19 @@ def upload(
         user = api.whoami()["name"]
     logger.info("Pushing %d files to %s as %s (token from %s)", len(files_to_upload(folder)), target.url, user, source)
     with hub_errors(target, f"user {user} (token from {source})"):
-        api.create_repo(target.repo_id, repo_type=target.repo_type, private=private or None, exist_ok=True)
-        if private and not api.repo_info(target.repo_id, repo_type=target.repo_type).private:
+        api.create_repo(
+            target.repo_id, repo_type=target.repo_type, private=private or None, exist_ok=True, space_sdk=space_sdk
+        )
+        info = api.repo_info(target.repo_id, repo_type=target.repo_type) if private or space_sdk else None
+        if private and not info.private:
             raise PushError(
                 f"{target} already exists and is public; --private does not change an existing repo. Make it "
                 f"private in its settings on {target.url} first, or push without --private."
+            )
+        if space_sdk and info.sdk != space_sdk:  # info is the SpaceInfo
+            raise PushError(
+                f"{target} already exists as a {info.sdk} Space, and this pushes a {space_sdk} app. Push to another "
+                f"Space name, or switch its SDK in its settings on {target.url} first."
             )
         if revision:
             api.create_branch(target.repo_id, repo_type=target.repo_type, branch=revision, exist_ok=True)
