@@ -31,6 +31,7 @@ from torch import nn
 
 from .errors import ModelError
 from .model import mlp_head, replace_classifier
+from .outputs import METRICS_FILE
 from .transforms import build_transform
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ def download_model(repo_id: str, revision: Optional[str] = None, local_hint: boo
     """The snapshot of the model files of ``repo_id`` (from the cache when it is already there)."""
     where = f"{repo_id}{'@' + revision if revision else ''} on {constants.ENDPOINT}"
     also = f" There is no local folder {repo_id!r} either." if local_hint else ""
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES)))
+    try:  # with the validation metrics, which the demo shows
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*MODEL_FILES, METRICS_FILE]))
     except RepositoryNotFoundError:
         raise ModelError(
             f"No model repo {where} (or it is private and you are not logged in: run `hf auth login` or set "

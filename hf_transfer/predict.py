@@ -64,11 +64,21 @@ def predict_images(
 
 
 def read_image(path: Path) -> Image.Image:
-    """The image file decoded as the training data was (EXIF orientation applied), in RGB."""
+    """The image file decoded as the training data was (EXIF orientation applied), in RGB. Like the training
+    data check, images over PIL's ``MAX_IMAGE_PIXELS`` are refused as decompression bombs, before decoding."""
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        image = datasets.Image().decode_example({"path": str(path), "bytes": None})
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        with Image.open(path) as header:  # reads the header only
+            width, height = header.size
+        too_large = bool(limit) and width * height > limit
+        image = None if too_large else datasets.Image().decode_example({"path": str(path), "bytes": None})
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"Cannot read image {path}: {e}. Give image files PIL can open (JPEG, PNG, WebP, ...).") from None
+    if image is None:
+        raise DataError(
+            f"Image {path} is too large: {width}×{height} pixels is over the limit of {limit:,} pixels that guards "
+            "against decompression bombs. Resize it and try again."
+        )
     return to_rgb(image)
 
 
