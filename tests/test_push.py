@@ -177,8 +177,9 @@ def test_the_token_is_never_written_logged_or_printed(
     try:
         assert cli.main([f"--{o}" for o in tiny_overrides(tmp_path, data__max_train_samples=32, data__max_val_samples=20)]) == 0
         assert export.main(["--run-dir", str(tmp_path / "run"), "--output", str(tmp_path / "export")]) == 0
-        for extra in (["--dry-run"], []):
-            assert main(["--model-dir", str(tmp_path / "export"), "--repo-id", "alice/token-check", *extra]) == 0
+        for extra in (["--dry-run"], []):  # with the demo Space, whose push builds and uploads its own folder
+            push = ["--model-dir", str(tmp_path / "export"), "--repo-id", "alice/token-check", "--space", "alice/token-demo"]
+            assert main([*push, *extra]) == 0
         assert predict.main(["--model", "alice/token-check", image]) == 0
         assert predict.main(["--model", str(tmp_path / "export"), image, "--json"]) == 0
     finally:
@@ -194,6 +195,7 @@ def test_the_token_is_never_written_logged_or_printed(
     # everything under this test's folder (runs, export, HF_HOME with the download cache, the Hub's storage,
     # the debug log) and the session's HF_HOME (datasets' cache, set before the Hugging Face imports)
     written = [path for folder in (tmp_path, Path(_HF_HOME)) for path in folder.rglob("*") if path.is_file()]
+    assert ("space", "alice/token-demo") in hub_env.repos
     for expected in ("debug.log", "run/model.safetensors", "export/README.md", "hf-home/hub/models--alice--token-check"):
         assert any(expected in str(path) for path in written), expected
     leaks = [str(path) for path in written if PLANTED.encode() in path.read_bytes()]
