@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import load_config, to_yaml
 from .errors import ConfigError, HfTransferError, TrainingInterrupted
@@ -14,17 +14,30 @@ from .errors import ConfigError, HfTransferError, TrainingInterrupted
 USAGE_EXAMPLE = "python train.py --config configs/quickstart.yaml --train.epochs 3 --data.path ./my_images"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
-    """The known options, and the config overrides as ``key=value`` strings."""
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A command's parser with ``--config``; every other ``--section.key VALUE`` is a config override."""
     parser = argparse.ArgumentParser(
-        description="Fine-tune a timm backbone on an image classification dataset.",
+        description=description,
         epilog=f"Any config key can be set on the command line, e.g.: {USAGE_EXAMPLE}. "
         "A boolean key given alone (--output.resume) means true.",
     )
     parser.add_argument("--config", help="YAML config file (see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> tuple[argparse.Namespace, list[str]]:
+    """The parser's options, and the config overrides as ``key=value`` strings."""
     args, rest = parser.parse_known_args(argv)
     return args, overrides_from_args(rest)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
+    """``train.py``'s options, and the config overrides as ``key=value`` strings."""
+    parser = config_parser("Fine-tune a timm backbone on an image classification dataset.")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parse_with_overrides(parser, argv)
 
 
 def overrides_from_args(tokens: Sequence[str]) -> list[str]:
@@ -48,8 +61,9 @@ def overrides_from_args(tokens: Sequence[str]) -> list[str]:
     return overrides
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the process exit code (0 ok, 2 user error, 128+signal when interrupted)."""
+def run_command(command: Callable[[], None]) -> int:
+    """Run a command's body with logging set up; return the process exit code (0 ok, 2 user error
+    with its message and no traceback, 128+signal when interrupted)."""
     main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
@@ -57,14 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     try:
-        args, overrides = parse_args(argv)
-        config = load_config(args.config, overrides)
-        if args.print_config:
-            print(to_yaml(config), end="")
-            return 0
-        from .training import train  # slow imports, after the config is known good
-
-        train(config)
+        command()
     except TrainingInterrupted as e:
         print(f"hf_transfer: {e}", file=sys.stderr)
         return e.exit_code
@@ -72,3 +79,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"hf_transfer: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``train.py``; returns the process exit code."""
+
+    def command() -> None:
+        args, overrides = parse_args(argv)
+        config = load_config(args.config, overrides)
+        if args.print_config:
+            print(to_yaml(config), end="")
+            return
+        from .training import train  # slow imports, after the config is known good
+
+        train(config)
+
+    return run_command(command)
