@@ -65,14 +65,16 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: RunState, keep:
             os.replace(partial, final)
             write_atomic(root / LATEST_FILE, name.encode())
             _prune(root, keep)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError from its zip writer
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         previous = latest_checkpoint(root)
+        kept = f"the last good checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+        free_mb = shutil.disk_usage(root).free / 1e6
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise CheckpointError(
-            f"Could not write the checkpoint {final} ({e.strerror or e}); "
-            f"{'the last good checkpoint ' + str(previous) + ' is kept' if previous else 'no earlier checkpoint exists'}. "
-            "Free disk space (or choose another output.dir) and resume with --output.resume."
+            f"Could not write the checkpoint {final} ({reason}); {free_mb:.1f} MB are free on that disk and "
+            f"{kept}. Free disk space (or choose another output.dir) and resume with --output.resume."
         ) from e
     accelerator.wait_for_everyone()
     return final

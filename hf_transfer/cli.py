@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Callable, Optional, Sequence
 from .config import load_config, to_yaml
 from .errors import ConfigError, HfTransferError, TrainingInterrupted
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 USAGE_EXAMPLE = "python train.py --config configs/quickstart.yaml --train.epochs 3 --data.path ./my_images"
 
 
@@ -61,9 +63,9 @@ def overrides_from_args(tokens: Sequence[str]) -> list[str]:
     return overrides
 
 
-def run_command(command: Callable[[], None]) -> int:
-    """Run a command's body with logging set up; return the process exit code (0 ok, 2 user error
-    with its message and no traceback, 128+signal when interrupted)."""
+def run_command(command: Callable[[], int]) -> int:
+    """Run a command's body, which returns its exit code, with logging set up; a user error exits with
+    2 and its message (no traceback), an interrupted run with 128+signal."""
     main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
@@ -71,27 +73,40 @@ def run_command(command: Callable[[], None]) -> int:
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     try:
-        command()
+        return command()
     except TrainingInterrupted as e:
         print(f"hf_transfer: {e}", file=sys.stderr)
         return e.exit_code
     except HfTransferError as e:
         print(f"hf_transfer: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(
+            f"hf_transfer: error: the disk is full ({e.strerror}) writing {e.filename or 'the outputs'}. "
+            "Completed checkpoints are kept: free space, then run again with --output.resume.",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``train.py``; returns the process exit code."""
 
-    def command() -> None:
+    def command() -> int:
         args, overrides = parse_args(argv)
         config = load_config(args.config, overrides)
         if args.print_config:
             print(to_yaml(config), end="")
-            return
+            return 0
+        from .launch import relaunch_on_cpu_processes
         from .training import train  # slow imports, after the config is known good
 
+        code = relaunch_on_cpu_processes()
+        if code is not None:
+            return code
         train(config)
+        return 0
 
     return run_command(command)

@@ -38,6 +38,8 @@ class DataConfig:
     crop_pct: Optional[float] = None  # default: the backbone's
     interpolation: Optional[str] = None  # default: the backbone's (bilinear, bicubic, ...)
     num_workers: Optional[int] = None  # DataLoader workers; default: chosen for the machine
+    on_bad_image: str = "error"  # error: stop before training and list them | skip: leave them out
+    max_image_pixels: Optional[int] = None  # refuse larger images (decompression bombs); default: PIL's
 
 
 @dataclass
@@ -139,6 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.best_metric": ("accuracy", "f1_macro", "top5_accuracy", "loss"),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "random"),
+    "data.on_bad_image": ("error", "skip"),
     "train.class_weights": ("auto",),
     "train.sampler": ("shuffle", "balanced"),
     "train.tta": ("none", "flip", "flip_zoom"),
@@ -167,6 +170,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.image_size": (lambda v: v >= 8, ">= 8 pixels, or null for the backbone's size"),
     "data.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "data.num_workers": (lambda v: v >= 0, ">= 0, or null for automatic"),
+    "data.max_image_pixels": (lambda v: v >= 1, ">= 1 pixels, or null for PIL's default limit"),
     "augment.hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "augment.vflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "augment.rotation": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),

@@ -7,21 +7,25 @@ feature, so every later stage can rely on ``label_names[i]`` being the name of c
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
+from datasets.exceptions import DatasetNotFoundError
+from PIL import Image as PILImage
 
 from .config import DataConfig
 from .errors import DataError
+from .image_check import check_class_folders, check_images
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
+PIL_MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS  # PIL's default, restored when data.max_image_pixels is null
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Splits:
     label_column: str
     label_names: list[str]
     val_carved: bool  # True when val was carved out of train (not a split of the dataset)
+    skipped: dict[str, list[dict]] = field(default_factory=dict)  # unreadable images left out, per split
 
     @property
     def num_classes(self) -> int:
@@ -42,7 +47,10 @@ class Splits:
 
 
 def load_splits(config: DataConfig, seed: int) -> Splits:
-    """Load the dataset named by ``config`` and return its train/val/test splits."""
+    """Load the dataset named by ``config`` and return its train/val/test splits, every image
+    checked to decode (see :mod:`hf_transfer.image_check`)."""
+    # PIL's own decompression-bomb guard, for the check below and for decoding in DataLoader workers
+    PILImage.MAX_IMAGE_PIXELS = config.max_image_pixels or PIL_MAX_IMAGE_PIXELS
     dataset = load_dataset_dict(config)
     image_column, label_column = detect_columns(dataset, config.image_column, config.label_column)
     dataset = encode_labels(dataset, label_column)
@@ -53,9 +61,18 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             "at least 2. With a folder of images, put each class in its own sub-folder."
         )
     train, val, test, carved = pick_splits(dataset, config, label_column, seed)
-    train = _subset(train, config.max_train_samples, seed)
-    val = _subset(val, config.max_val_samples, seed)
-    return Splits(train, val, test, image_column, label_column, list(label_names), carved)
+    checked, skipped = {}, {}
+    named = {"train": _subset(train, config.max_train_samples, seed), "val": _subset(val, config.max_val_samples, seed)}
+    if test is not None:
+        named["test"] = test
+    for name, split in named.items():
+        checked[name], dropped = check_images(split, image_column, name, config.on_bad_image)
+        if dropped:
+            skipped[name] = dropped
+    return Splits(
+        checked["train"], checked["val"], checked.get("test"), image_column, label_column, list(label_names),
+        carved, skipped,
+    )
 
 
 def load_dataset_dict(config: DataConfig) -> DatasetDict:
@@ -66,6 +83,7 @@ def load_dataset_dict(config: DataConfig) -> DatasetDict:
             raise DataError(f"data.path {config.path!r} is a file; point it at a folder of images or a Hub dataset id.")
         if (path / "dataset_dict.json").is_file():
             return datasets.load_from_disk(str(path))
+        check_class_folders(path)
         return _load(str(path), config)
     if _looks_local(config.path):
         raise DataError(
@@ -79,14 +97,29 @@ def _load(path: str, config: DataConfig) -> DatasetDict:
     try:
         loaded = datasets.load_dataset(path, config.name, revision=config.revision)
     except Exception as e:  # datasets raises many types (network, not found, empty folder)
-        raise DataError(
-            f"Could not load dataset {path!r} (config name {config.name!r}, revision {config.revision!r}): "
-            f"{type(e).__name__}: {e}. Check data.path, data.name and data.revision; Hub datasets need "
-            "network access (or a populated HF cache with HF_HUB_OFFLINE=1)."
-        ) from e
+        raise DataError(_load_failure(path, config, e)) from e
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     return loaded
+
+
+def _load_failure(path: str, config: DataConfig, error: Exception) -> str:
+    """What `datasets` said, and what to change: not found (or not readable), unreachable, or anything else."""
+    named = (("name", config.name), ("revision", config.revision))
+    asked = "".join(f", data.{key} {value!r}" for key, value in named if value)
+    message = f"Could not load dataset {path!r}{asked}: {type(error).__name__}: {str(error).rstrip('.')}."
+    if isinstance(error, DatasetNotFoundError):
+        return message + (
+            " Check data.path (a local folder, or the id 'owner/name' of a Hub dataset) and data.revision "
+            "(a branch, tag or commit of it). A private or gated dataset also needs a token that can read it: "
+            "run `hf auth login` or set HF_TOKEN."
+        )
+    if isinstance(error, ConnectionError):
+        return message + (
+            " Hub datasets need network access; offline (HF_HUB_OFFLINE=1) only datasets already in the HF "
+            "cache load. Or point data.path at a local copy."
+        )
+    return message + " Check data.path, data.name (a configuration of the dataset) and data.revision."
 
 
 def _looks_local(path: str) -> bool:

@@ -23,6 +23,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from .cli import config_parser, parse_with_overrides, run_command
 from .config import Config, load_config
 from .freezing import train_mode
+from .launch import wants_cpu
 from .model import count_parameters
 from .optim import build_optimizer, stage_lrs
 from .outputs import write_atomic
@@ -138,13 +139,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps of the sweep [{STEPS}]")
     parser.add_argument("--out", help="folder for lr_find.png and lr_find.json [OUTPUT_DIR-lr_find]")
 
-    def command() -> None:
+    def command() -> int:
         args, overrides = parse_with_overrides(parser, argv)
         config = load_config(args.config, overrides)
         out = Path(args.out or f"{config.output.dir.rstrip('/')}-lr_find")
-        sweep = find_lr(config, Accelerator(), args.steps)
+        sweep = find_lr(config, Accelerator(cpu=wants_cpu()), args.steps)
         save_sweep(sweep, out)
         print(f"Suggested learning rate: {sweep.suggestion:.2g} (use --train.lr {sweep.suggestion:.2g}); plot: {out / SWEEP_PLOT}")
+        return 0
 
     return run_command(command)
 

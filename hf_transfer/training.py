@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 import time
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from .data import Splits
 from .errors import CheckpointError, ConfigError, TrainingInterrupted
 from .export import export_model
 from .freezing import apply_freeze_state, set_trainable_stages, train_mode
+from .launch import wants_cpu
 from .loaders import Loaders
 from .lr_find import resolve_lr
 from .metrics import class_report, classification_metrics
@@ -99,9 +101,10 @@ def train(config: Config) -> dict[str, Any]:
 
 def build_accelerator(config: Config, root: Path) -> Accelerator:
     """Accelerate with the global-batch split, seeded sampler and the chosen precision."""
+    cpu = wants_cpu()
+    state = PartialState(cpu=cpu)  # the first state decides the device and process group for all
     train = config.train
-    device = PartialState().device
-    processes = PartialState().num_processes
+    device, processes = state.device, state.num_processes
     micro_batch = train.batch_size // train.grad_accum_steps
     if micro_batch % processes:
         raise ConfigError(
@@ -111,6 +114,7 @@ def build_accelerator(config: Config, root: Path) -> Accelerator:
     # parameters unfrozen later still train under DDP only when it tolerates parameters without gradients
     schedule = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.model.unfreeze else []
     return Accelerator(
+        cpu=cpu,
         mixed_precision=choose_mixed_precision(train.mixed_precision, device),
         gradient_accumulation_steps=train.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
@@ -172,6 +176,8 @@ def restore(run: Run) -> RunState:
         )
     try:
         state = load_checkpoint(run.accelerator, folder)
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused what the file asks to run
+        raise CheckpointError(f"Checkpoint {folder} holds pickled code, refused for safety: {e}") from e
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {folder} does not fit this model or optimizer: {e}") from e
     logger.info("Resumed from %s: epoch %d, step %d", folder, state.epoch, state.step_in_epoch)
@@ -289,7 +295,7 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     model = accelerator.unwrap_model(run.model)
     best = run.checkpoints / BEST_WEIGHTS
     if best.is_file():
-        model.load_state_dict(load_file(str(best), device=str(accelerator.device)))
+        model.load_state_dict(load_file(str(best)))  # copied into the parameters on their device
     names = run.splits.label_names
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,
@@ -299,7 +305,9 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         "train_time_s": round(sum(r["epoch_time_s"] for r in state.history), 3),
         "num_train": len(run.splits.train),
         "num_val": len(run.splits.val),
+        "num_processes": accelerator.num_processes,
         "label_names": names,
+        "skipped_images": {split: [row["file"] for row in rows] for split, rows in run.splits.skipped.items()},
         "val": score(run, run.loaders.val),
     }
     if run.loaders.test is not None:

@@ -73,7 +73,7 @@ def hub_server(tmp_path: Path) -> Iterator[HubServer]:
 
 @pytest.fixture
 def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubServer:
-    """Point huggingface_hub, and so timm and transformers, at ``hub_server``, logged in as "alice".
+    """Point huggingface_hub, and so timm, transformers and datasets, at ``hub_server``, logged in as "alice".
 
     Setting ``HF_ENDPOINT`` is not enough once huggingface_hub is imported (which happens when a test
     module is collected): ``huggingface_hub.constants`` copies the environment into module globals at
@@ -81,13 +81,16 @@ def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ``model_info``... keeps the endpoint it was built with. So this fixture sets the variables (for
     subprocesses and any code that reads them later) *and* patches those globals; ``monkeypatch`` undoes
     all of it after the test. timm and transformers download through huggingface_hub and read these
-    globals at call time, so they follow without patching anything of theirs. Caches go to a temporary
-    HF_HOME; Xet is off (the server only speaks the regular-file protocol, which the client also uses
-    when Xet is on, but Xet would open a session with its own cache); telemetry is off; offline mode is off.
+    globals at call time, so they follow without patching anything of theirs. ``datasets.config`` makes
+    its own import-time copies (endpoint, offline mode, caches), so those are patched too. Caches go to a
+    temporary HF_HOME, so nothing a test loads is found by another; Xet is off (the server speaks the
+    regular-file and LFS protocols, and Xet would open a session with its own cache); telemetry is off;
+    offline mode is off.
 
     Returns the server, whose ``url`` is the endpoint; pass ``token=hub.token_for("bob")`` to act as bob,
     or ``token=False`` to act anonymously.
     """
+    from datasets import config as datasets_config
     from huggingface_hub import constants, hf_api
     from huggingface_hub.utils import _cache_manager
 
@@ -100,6 +103,7 @@ def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "HF_HUB_CACHE": str(home / "hub"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_XET": "1",
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",  # datasets: see datasets_patches below
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -126,6 +130,24 @@ def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(constants, name, value)
     monkeypatch.setattr(hf_api.api, "endpoint", url)
     monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(home / "hub"))  # imported by name: scan_cache_dir()
+
+    datasets_patches = {
+        "HF_ENDPOINT": url,
+        "HUB_DATASETS_URL": url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "HF_DATASETS_CACHE": home / "datasets",
+        "DOWNLOADED_DATASETS_PATH": home / "datasets" / "downloads",
+        "EXTRACTED_DATASETS_PATH": home / "datasets" / "downloads" / "extracted",
+        "HF_MODULES_CACHE": home / "modules",
+        # Requests that would leave the machine: a download-count HEAD to s3.amazonaws.com, and the dataset
+        # viewer's parquet export at "datasets-server." + the endpoint's host, which no local server can be.
+        # datasets tolerates both failing; switching them off keeps the tests off the network.
+        "HF_UPDATE_DOWNLOAD_COUNTS": False,
+        "USE_PARQUET_EXPORT": False,
+    }
+    for name, value in datasets_patches.items():
+        monkeypatch.setattr(datasets_config, name, value)
     return hub_server
 
 

@@ -2,19 +2,24 @@
 
 Tests point ``HF_ENDPOINT`` (see the ``hub_env`` fixture in ``conftest.py``) at a :class:`HubServer` so that
 push/download round-trips run offline through the unmodified client code of huggingface_hub, timm and
-transformers. It serves only what those clients call for whoami, repo creation, repo info, tree listings,
-commits of regular (non-LFS) files, branches and file downloads; every other request is answered 404 and
+transformers, and of ``datasets`` (``load_dataset`` of a dataset repo, ``push_to_hub``). It serves only what
+those clients call for whoami, repo creation, repo info, tree listings, commits (regular files inline, large
+files through the basic LFS protocol), branches and file downloads; every other request is answered 404 and
 recorded in :attr:`HubServer.unserved`, so a test can prove it did not rely on anything missing.
 
 Metadata (repos, branches, commits) lives in memory; file contents are stored on disk under ``root``,
 addressed by their git blob sha1, which is also what the Hub reports as a regular file's ``oid`` and ETag.
+An LFS file is stored the same way once uploaded: the double keeps no pointer files, so its ``oid`` and
+ETag are those of its content (the Hub's are the pointer's sha1 and the content's sha256); clients do not mind.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
+import posixpath
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -26,9 +31,10 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
-# What the real Hub puts in the initial commit of every new repo.
+# Part of what the real Hub puts in the initial commit of every new repo: the files that go through LFS.
 INITIAL_GITATTRIBUTES = (
     b"*.bin filter=lfs diff=lfs merge=lfs -text\n"
+    b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
     b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 )
 
@@ -104,6 +110,7 @@ def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
 
 
 _REPO_API = r"/api/(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+)"
+_REPO_WEB = r"/(?:(?P<type>dataset|space)s/)?(?P<repo>[^/]+/[^/]+?)"  # models bare, as in Repo.url_prefix
 # (method, path regex, HubServer method name); HEAD is routed like GET.
 ROUTES = [
     ("GET", r"/api/whoami-v2", "whoami"),
@@ -115,7 +122,9 @@ ROUTES = [
     ("POST", _REPO_API + r"/preupload/(?P<rev>[^/]+)", "preupload"),
     ("POST", _REPO_API + r"/commit/(?P<rev>[^/]+)", "commit"),
     ("POST", _REPO_API + r"/branch/(?P<rev>[^/]+)", "create_branch"),
-    ("GET", r"/(?:(?P<type>dataset|space)s/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("GET", _REPO_WEB + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("POST", _REPO_WEB + r"\.git/info/lfs/objects/batch", "lfs_batch"),
+    ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
 ]
 
 
@@ -136,6 +145,7 @@ class HubServer:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status); never headers or tokens
         self.unserved: list[str] = []  # "METHOD path" of requests no route matched
+        self.lfs: dict[str, str | None] = {}  # sha256 of each LFS object announced -> blob oid once uploaded
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -316,17 +326,54 @@ class HubServer:
         return _json([entry for path in paths if (entry := self._entry(commit, path.strip("/")))])
 
     def preupload(self, req: Request) -> Response:
-        """Every file is "regular", so its content comes inline in the commit and no LFS/Xet upload happens;
-        the current ``oid`` of each existing path lets the client drop unchanged files from the commit."""
+        """As on the Hub, a file matching a ``filter=lfs`` pattern of the revision's .gitattributes is "lfs"
+        (uploaded beforehand, see :meth:`lfs_batch`); any other is "regular": its content comes inline in the
+        commit. The ``oid`` of each existing path (sha256 for LFS, git sha1 otherwise) lets the client drop
+        unchanged files from the commit."""
         repo = self._repo(req, write=True)
         commit = repo.commit_at(req.args["rev"])
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": commit.files.get(f["path"])}
-                 for f in req.json()["files"]]
+        attributes = commit.files.get(".gitattributes")
+        lines = (self.blobs / attributes).read_text().splitlines() if attributes else []
+        patterns = [words[0] for words in map(str.split, lines) if "filter=lfs" in words[1:]]
+
+        def upload_mode(path: str) -> dict:
+            # A pattern without "/" matches the file name at any depth, as in git.
+            names = [path if "/" in pattern else posixpath.basename(path) for pattern in patterns]
+            oid = commit.files.get(path)
+            if not any(map(fnmatch.fnmatchcase, names, patterns)):
+                return {"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid}
+            sha256 = oid and hashlib.sha256((self.blobs / oid).read_bytes()).hexdigest()
+            return {"path": path, "uploadMode": "lfs", "shouldIgnore": False, "oid": sha256}
+
+        files = [upload_mode(f["path"]) for f in req.json()["files"]]
         return _json({"files": files, "commitOid": commit.oid})
 
+    def lfs_batch(self, req: Request) -> Response:
+        """The LFS batch API (basic transfer): an upload action for each object not stored yet. Its URL, like
+        the Hub's pre-signed storage URLs, needs no token; it takes only the content announced here."""
+        self._repo(req, write=True)
+        objects = []
+        for obj in req.json()["objects"]:
+            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if self.lfs.get(obj["oid"]) is None:
+                self.lfs[obj["oid"]] = None
+                entry["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        return _json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def lfs_upload(self, req: Request) -> Response:
+        oid = req.args["oid"]
+        if oid not in self.lfs:
+            raise HubError(403, "No LFS upload was requested for this object")
+        if hashlib.sha256(req.body).hexdigest() != oid:
+            raise HubError(400, "The uploaded content does not match its sha256")
+        self.lfs[oid] = self._store(req.body)
+        return 200, {}, b""
+
     def commit(self, req: Request) -> Response:
-        """Apply an NDJSON commit: a ``header`` line, then ``file`` (base64), ``deletedFile`` and
-        ``deletedFolder`` lines; the branch named by the revision moves to the new commit."""
+        """Apply an NDJSON commit: a ``header`` line, then ``file`` (base64), ``lfsFile`` (sha256 of an
+        uploaded object), ``deletedFile`` and ``deletedFolder`` lines; the branch named by the revision moves
+        to the new commit."""
         repo = self._repo(req, write=True)
         branch = req.args["rev"]
         if req.query.get("create_pr"):
@@ -344,6 +391,10 @@ class HubServer:
                     raise HubError(412, "A commit has happened since. Please refresh and try again.")
             elif key == "file":
                 files[value["path"]] = self._store(base64.b64decode(value["content"]))
+            elif key == "lfsFile":
+                if not self.lfs.get(value["oid"]):
+                    raise HubError(400, f"The LFS object of {value['path']} was not uploaded")
+                files[value["path"]] = self.lfs[value["oid"]]
             elif key == "deletedFile":
                 if files.pop(value["path"], None) is None:
                     raise HubError(404, f"A file with this name doesn't exist: {value['path']}", code="EntryNotFound")
@@ -403,6 +454,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: requests are recorded in ``HubServer.requests``, and nothing prints headers or tokens."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -46,12 +48,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Modul
     return model, folder
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, dict]:
-    """A raw GET, to check status codes and error bodies the client would turn into exceptions."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _request(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None) -> tuple[int, Any]:
+    """A raw request, to check status codes and error bodies the client would turn into exceptions."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
 
@@ -62,7 +65,7 @@ def test_whoami_needs_a_valid_token(hub_env: HubServer) -> None:
     with pytest.raises(HfHubHTTPError) as error:
         HfApi().whoami(token="hf_not_a_token")
     assert error.value.response.status_code == 401
-    status, body = _get(f"{hub_env.url}/api/whoami-v2")
+    status, body = _request(f"{hub_env.url}/api/whoami-v2")
     assert status == 401 and "error" in body
 
 
@@ -90,6 +93,8 @@ def test_upload_folder_then_list_and_download(hub_env: HubServer, tiny_model: tu
     create_repo("alice/tiny")
     commit = upload_folder(folder_path=folder, repo_id="alice/tiny", commit_message="Add tiny model")
     assert [method for method, path, _ in hub_env.requests if path.endswith("/commit/main")] == ["POST"]
+    # .gitattributes names *.safetensors: the weights went through LFS (batch, then one PUT), config.json inline.
+    assert [method for method, path, _ in hub_env.requests if "lfs" in path] == ["POST", "PUT"]
 
     api = HfApi()
     assert api.repo_info("alice/tiny").sha == commit.oid
@@ -112,8 +117,9 @@ def test_upload_folder_then_list_and_download(hub_env: HubServer, tiny_model: tu
 
 
 def test_upload_folder_through_the_xet_pipeline(hub_env: HubServer, tmp_path: Path, monkeypatch) -> None:
-    """With hf_xet installed the client uploads folders through its Xet pipeline; all-"regular" preupload
-    answers keep that pipeline on the inline-content path, so the double serves it too."""
+    """With hf_xet installed the client uploads folders through its Xet pipeline; "regular" preupload
+    answers (a .txt file, not named in .gitattributes) keep that pipeline on the inline-content path, so the
+    double serves it too. LFS files would go to Xet storage, which the double does not serve."""
     from huggingface_hub import _upload_pipeline
 
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", False)
@@ -131,6 +137,28 @@ def test_upload_folder_through_the_xet_pipeline(hub_env: HubServer, tmp_path: Pa
     upload_folder(folder_path=tmp_path / "data", repo_id="alice/xet")
     assert pipelined == ["alice/xet"]
     assert Path(hf_hub_download("alice/xet", "notes.txt")).read_text() == "xet"
+    assert hub_env.unserved == []
+
+
+def test_lfs_takes_only_announced_uploads_of_the_right_content(hub_env: HubServer) -> None:
+    create_repo("alice/big")
+    token, content = hub_env.token_for("alice"), b"weights"
+    oid = hashlib.sha256(content).hexdigest()
+    header = {"key": "header", "value": {"summary": "Add weights"}}
+    add = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": len(content)}}
+    commit = b"".join(json.dumps(line).encode() + b"\n" for line in (header, add))
+    batch = json.dumps({"operation": "upload", "objects": [{"oid": oid, "size": len(content)}]}).encode()
+
+    def send(path: str, body: bytes, method: str = "POST") -> int:
+        return _request(hub_env.url + path, token, method, body)[0]
+
+    assert send(f"/lfs-upload/{oid}", content, "PUT") == 403  # no batch asked for it
+    assert send("/api/models/alice/big/commit/main", commit) == 400  # not uploaded yet
+    assert send("/alice/big.git/info/lfs/objects/batch", batch) == 200
+    assert send(f"/lfs-upload/{oid}", b"other content", "PUT") == 400
+    assert send(f"/lfs-upload/{oid}", content, "PUT") == 200
+    assert send("/api/models/alice/big/commit/main", commit) == 200
+    assert Path(hf_hub_download("alice/big", "w.bin")).read_bytes() == content
     assert hub_env.unserved == []
 
 
@@ -228,9 +256,9 @@ def test_space_repo_can_be_created_and_uploaded_to(hub_env: HubServer, tmp_path:
 def test_server_alone_binds_loopback_and_keeps_tokens_out_of_logs(tmp_path: Path, capfd) -> None:
     with HubServer(tmp_path, {"hf_secret": "carol"}) as hub:
         assert hub.url.startswith("http://127.0.0.1:")
-        status, body = _get(f"{hub.url}/api/whoami-v2", "hf_secret")
+        status, body = _request(f"{hub.url}/api/whoami-v2", "hf_secret")
         assert (status, body["name"]) == (200, "carol")
-        assert _get(f"{hub.url}/api/nothing-here")[0] == 404
+        assert _request(f"{hub.url}/api/nothing-here")[0] == 404
         assert hub.unserved == ["GET /api/nothing-here"]
         url = hub.url
     out, err = capfd.readouterr()

@@ -254,15 +254,13 @@ def test_two_processes_unfreeze_in_step_with_one(tmp_path: Path) -> None:
         train__batch_size=8,
         data__max_train_samples=48,
     )
-    # two real processes in one gloo group (`accelerate launch --cpu` alone starts only one)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "train.py"]
     args = [f"--{o}" for o in tiny_overrides(tmp_path / "two", **settings)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    two = subprocess.run(launcher + args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert "Unfreeze schedule on 2 processes" in two.stderr
+    two = subprocess.run(launcher + args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one = train(tiny_config(tmp_path / "one", **settings))
     metrics_two = json.loads((tmp_path / "two" / "run" / "metrics.json").read_text())
+    assert metrics_two["num_processes"] == 2 and "Unfreeze schedule on 2 processes" in two.stderr
     assert metrics_two["val"]["loss"] == pytest.approx(one["val"]["loss"], abs=1e-4)
     history = _history(tmp_path / "two" / "run")
     assert [r["trainable_params"] for r in history] == [r["trainable_params"] for r in _history(tmp_path / "one" / "run")]

@@ -121,14 +121,25 @@ def test_resume_after_sigterm_matches_the_uninterrupted_run(tmp_path: Path) -> N
 
 def test_two_processes_match_one_and_count_every_validation_image_once(tmp_path: Path) -> None:
     args = _slow_run_args(tmp_path, "two", model__strategy="feature_extraction", output__checkpoint_every=None)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
     two = _run_cli([*args, "--data.max_val_samples", "41"], launcher=launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     one = _run_cli([*_slow_run_args(tmp_path, "one", model__strategy="feature_extraction", output__checkpoint_every=None), "--data.max_val_samples", "41"])
     assert one.returncode == 0, one.stderr[-3000:]
     metrics_two = json.loads((tmp_path / "two" / "run" / "metrics.json").read_text())
     metrics_one = json.loads((tmp_path / "one" / "run" / "metrics.json").read_text())
+    assert (metrics_two["num_processes"], metrics_one["num_processes"]) == (2, 1)
     assert metrics_two["val"]["num_samples"] == metrics_one["val"]["num_samples"] == 41  # odd: no padding counted
     for key in ("accuracy", "f1_macro", "loss"):
         assert metrics_two["val"][key] == pytest.approx(metrics_one["val"][key], abs=1e-4)
     assert sorted(os.listdir(tmp_path / "two" / "run")) == sorted(os.listdir(tmp_path / "one" / "run"))
+
+
+def test_the_cpu_process_count_is_read_from_the_accelerate_command_line() -> None:
+    from hf_transfer.launch import requested_cpu_processes
+
+    python = ["/usr/bin/python3"]
+    assert requested_cpu_processes([*python, "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "3", "train.py", "--x", "1"]) == 3
+    assert requested_cpu_processes([*python, "-m", "accelerate.commands.launch", "--cpu", "--num-processes=2", "train.py"]) == 2
+    assert requested_cpu_processes([*python, "/venv/bin/accelerate", "launch", "--num_processes", "2", "train.py"]) == 1  # GPUs
+    assert requested_cpu_processes(["bash", "-c", "python train.py"]) == 1
