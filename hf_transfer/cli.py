@@ -1,4 +1,5 @@
-"""Command line of ``train.py``: ``--config FILE`` plus any config key as ``--section.key VALUE``."""
+"""Command lines of ``train.py`` and the ``python -m hf_transfer.*`` commands: ``--config FILE`` plus any
+config key as ``--section.key VALUE``, and one way to report errors."""
 
 from __future__ import annotations
 
@@ -27,21 +28,6 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_with_overrides(
-    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
-) -> tuple[argparse.Namespace, list[str]]:
-    """The parser's options, and the config overrides as ``key=value`` strings."""
-    args, rest = parser.parse_known_args(argv)
-    return args, overrides_from_args(rest)
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
-    """``train.py``'s options, and the config overrides as ``key=value`` strings."""
-    parser = config_parser("Fine-tune a timm backbone on an image classification dataset.")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parse_with_overrides(parser, argv)
-
-
 def overrides_from_args(tokens: Sequence[str]) -> list[str]:
     """``['--train.epochs', '3', '--data.path=x', '--output.resume']`` -> ``['train.epochs=3', 'data.path=x',
     'output.resume=true']``."""
@@ -63,9 +49,14 @@ def overrides_from_args(tokens: Sequence[str]) -> list[str]:
     return overrides
 
 
-def run_command(command: Callable[[], int]) -> int:
-    """Run a command's body, which returns its exit code, with logging set up; a user error exits with
-    2 and its message (no traceback), an interrupted run with 128+signal."""
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]],
+    command: Callable[[argparse.Namespace, list[str]], Optional[int]],
+) -> int:
+    """Parse ``argv`` (the parser's options; every other ``--section.key VALUE`` is a config override)
+    and run ``command(args, overrides)`` with logging set up. Returns the exit code: the command's
+    (None is 0), 2 with the message and no traceback for a user error, 128+signal when interrupted."""
     main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
@@ -73,7 +64,8 @@ def run_command(command: Callable[[], int]) -> int:
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     try:
-        return command()
+        args, rest = parser.parse_known_args(argv)
+        return command(args, overrides_from_args(rest)) or 0
     except TrainingInterrupted as e:
         print(f"hf_transfer: {e}", file=sys.stderr)
         return e.exit_code
@@ -93,9 +85,10 @@ def run_command(command: Callable[[], int]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``train.py``; returns the process exit code."""
+    parser = config_parser("Fine-tune a timm backbone on an image classification dataset.")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    def command() -> int:
-        args, overrides = parse_args(argv)
+    def command(args: argparse.Namespace, overrides: list[str]) -> Optional[int]:
         config = load_config(args.config, overrides)
         if args.print_config:
             print(to_yaml(config), end="")
@@ -104,9 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .training import train  # slow imports, after the config is known good
 
         code = relaunch_on_cpu_processes()
-        if code is not None:
-            return code
-        train(config)
-        return 0
+        if code is None:
+            train(config)
+        return code
 
-    return run_command(command)
+    return run_command(parser, argv, command)

@@ -9,6 +9,7 @@ training; ``python -m hf_transfer.lr_find --config X`` runs it alone.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from .cli import config_parser, parse_with_overrides, run_command
+from .cli import config_parser, run_command
 from .config import Config, load_config
 from .freezing import train_mode
 from .launch import wants_cpu
@@ -139,16 +140,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps of the sweep [{STEPS}]")
     parser.add_argument("--out", help="folder for lr_find.png and lr_find.json [OUTPUT_DIR-lr_find]")
 
-    def command() -> int:
-        args, overrides = parse_with_overrides(parser, argv)
+    def command(args: argparse.Namespace, overrides: list[str]) -> None:
         config = load_config(args.config, overrides)
         out = Path(args.out or f"{config.output.dir.rstrip('/')}-lr_find")
         sweep = find_lr(config, Accelerator(cpu=wants_cpu()), args.steps)
         save_sweep(sweep, out)
         print(f"Suggested learning rate: {sweep.suggestion:.2g} (use --train.lr {sweep.suggestion:.2g}); plot: {out / SWEEP_PLOT}")
-        return 0
 
-    return run_command(command)
+    return run_command(parser, argv, command)
 
 
 if __name__ == "__main__":
