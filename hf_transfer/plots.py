@@ -67,6 +67,7 @@ def plot_lr_sweep(lrs: Sequence[float], losses: Sequence[float], suggestion: flo
         ylabel="training loss (smoothed)",
     )
     axis.grid(alpha=0.3, which="both")
+    axis.set_ylim(top=losses[0] + 1.5 * (losses[0] - min(losses)) + 0.05 * losses[0])  # divergence runs off the top
     axis.legend()
     _save(figure, path)
 
@@ -76,7 +77,7 @@ COMPARISON_PANELS = (("train_loss", "train loss"), ("train_accuracy", "train acc
 
 def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> None:
     """Train loss, train accuracy and validation accuracy per epoch, one line per run, side by side."""
-    figure, axes = plt.subplots(1, len(COMPARISON_PANELS), figsize=(15, 4.2), constrained_layout=True)
+    figure, axes = plt.subplots(1, len(COMPARISON_PANELS), figsize=(15, 4.6), layout="constrained")
     for axis, (key, title) in zip(axes, COMPARISON_PANELS):
         for name, history in histories.items():
             axis.plot([r["epoch"] for r in history], [r[key] for r in history], marker="o", markersize=3, label=name)
@@ -85,5 +86,5 @@ def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], path: Path) 
         axis.grid(alpha=0.3)
         if key.endswith("accuracy"):
             axis.set_ylim(0, 1)
-    axes[-1].legend(loc="lower right")
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(histories), 6))
     _save(figure, path)
