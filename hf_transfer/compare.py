@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -117,7 +118,7 @@ def table_row(name: str, config: Config, results: dict, history: list[dict], wal
         best_epoch=results["best_epoch"],
         epochs=results["epochs_completed"],
         wall_time_s=round(wall_time, 1),
-        train_images_per_s=round(sum(r["train_images_per_s"] for r in history) / len(history), 1),
+        train_images_per_s=round(statistics.median(r["train_images_per_s"] for r in history), 1),
         trainable_params_start=history[0]["trainable_params"],
         trainable_params_end=history[-1]["trainable_params"],
     )
@@ -142,7 +143,7 @@ def markdown(rows: list[Row], config: Config) -> str:
     tta = any(row.val_tta_accuracy is not None for row in rows)
     header = ["run", "strategy", "learning rates", "best val accuracy", "val macro-F1"]
     header += [f"val accuracy with {train.tta} TTA"] if tta else []
-    header += ["best epoch / epochs", "wall time", "train images/s", "trainable parameters"]
+    header += ["best epoch / epochs", "wall time", "train images/s (median epoch)", "trainable parameters"]
     lines = [
         "# Strategy comparison",
         "",

@@ -23,6 +23,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from .cli import config_parser, run_command
 from .config import Config, load_config
+from .errors import HfTransferError
 from .freezing import train_mode
 from .launch import wants_cpu
 from .model import count_parameters
@@ -84,6 +85,11 @@ def lr_sweep(parts: Parts, config: Config, accelerator: Accelerator, steps: int 
             break
         lrs.append(lr)
         losses.append(smoothed)
+    if not lrs:
+        raise HfTransferError(
+            f"The LR sweep's first loss ({loss}) is not finite: the model diverges even at lr {START_LR}. "
+            "Check the data, and train.mixed_precision (try no)."
+        )
     return Sweep(lrs, losses, valley(lrs, losses), count_parameters(model)[0])
 
 
@@ -91,11 +97,11 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's "valley" suggestion: the middle of the longest stretch over which the loss keeps
     falling (the longest decreasing subsequence), which is more robust to noise than the steepest point."""
     assert lrs and len(lrs) == len(losses), "a sweep has at least one step"
-    longest = [1] * len(losses)  # length of the longest decreasing run ending at each step
+    longest = [1] * len(losses)  # length of the longest decreasing subsequence ending at each step
     for i in range(1, len(losses)):
         longest[i] = 1 + max((longest[j] for j in range(i) if losses[j] > losses[i]), default=0)
     end = max(range(len(losses)), key=lambda i: (longest[i], -i))
-    start = end - longest[end] + 1
+    start = end - longest[end] + 1  # as fastai: the subsequence is taken to be about contiguous
     return lrs[start + (end - start) // 2]
 
 
