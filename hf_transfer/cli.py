@@ -1,5 +1,5 @@
-"""Command line of ``train.py`` (``--config FILE`` plus any config key as ``--section.key VALUE``), and the
-error handling shared by the other commands (export, push, predict)."""
+"""Command lines of ``train.py`` and the ``python -m hf_transfer.*`` commands: ``--config FILE`` plus any
+config key as ``--section.key VALUE``, and one way to report errors."""
 
 from __future__ import annotations
 
@@ -17,17 +17,15 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 USAGE_EXAMPLE = "python train.py --config configs/quickstart.yaml --train.epochs 3 --data.path ./my_images"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
-    """The known options, and the config overrides as ``key=value`` strings."""
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A command's parser with ``--config``; every other ``--section.key VALUE`` is a config override."""
     parser = argparse.ArgumentParser(
-        description="Fine-tune a timm backbone on an image classification dataset.",
+        description=description,
         epilog=f"Any config key can be set on the command line, e.g.: {USAGE_EXAMPLE}. "
         "A boolean key given alone (--output.resume) means true.",
     )
     parser.add_argument("--config", help="YAML config file (see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, rest = parser.parse_known_args(argv)
-    return args, overrides_from_args(rest)
+    return parser
 
 
 def overrides_from_args(tokens: Sequence[str]) -> list[str]:
@@ -51,27 +49,18 @@ def overrides_from_args(tokens: Sequence[str]) -> list[str]:
     return overrides
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the process exit code (0 ok, 2 user error, 128+signal when interrupted)."""
+def run_command(command: Callable[[], Optional[int]], level: int = logging.INFO) -> int:
+    """Run a command's body with logging on stderr (``level`` on the main process, warnings on the others)
+    and return its exit code: the body's (None is 0), 2 with one line and no traceback for a user error or
+    a full disk, 128+signal when interrupted."""
     main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(
-        level=logging.INFO if main_process else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
+    level = level if main_process else max(level, logging.WARNING)
+    if not logging.getLogger().handlers:  # leave logging alone where the caller has set it up
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("accelerate").setLevel(max(level, logging.WARNING))  # one line per file saved is noise
+        logging.getLogger("httpx2").setLevel(max(level, logging.WARNING))  # one line per HTTP request is noise
     try:
-        args, overrides = parse_args(argv)
-        config = load_config(args.config, overrides)
-        if args.print_config:
-            print(to_yaml(config), end="")
-            return 0
-        from .launch import relaunch_on_cpu_processes
-        from .training import train  # slow imports, after the config is known good
-
-        code = relaunch_on_cpu_processes()
-        if code is not None:
-            return code
-        train(config)
+        return command() or 0
     except TrainingInterrupted as e:
         print(f"hf_transfer: {e}", file=sys.stderr)
         return e.exit_code
@@ -87,18 +76,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return 0
 
 
-def run_command(command: Callable[[], None], level: int = logging.INFO) -> int:
-    """Run a command-line tool's body: logs at ``level`` on stderr, and a user error is one line on stderr
-    and exit code 2 instead of a traceback."""
-    if not logging.getLogger().handlers:  # leave logging alone where the caller has set it up
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("httpx2").setLevel(max(level, logging.WARNING))  # one line per HTTP request is noise
-    try:
-        command()
-    except HfTransferError as e:
-        print(f"hf_transfer: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def run_config_command(
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]],
+    command: Callable[[argparse.Namespace, list[str]], Optional[int]],
+) -> int:
+    """``run_command`` for a command that takes a config: parse ``argv`` (the parser's options; every other
+    ``--section.key VALUE`` is a config override) and run ``command(args, overrides)``."""
+
+    def body() -> Optional[int]:
+        args, rest = parser.parse_known_args(argv)
+        return command(args, overrides_from_args(rest))
+
+    return run_command(body)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``train.py``; returns the process exit code."""
+    parser = config_parser("Fine-tune a timm backbone on an image classification dataset.")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    def command(args: argparse.Namespace, overrides: list[str]) -> Optional[int]:
+        config = load_config(args.config, overrides)
+        if args.print_config:
+            print(to_yaml(config), end="")
+            return 0
+        from .launch import relaunch_on_cpu_processes
+        from .training import train  # slow imports, after the config is known good
+
+        code = relaunch_on_cpu_processes()
+        if code is None:
+            train(config)
+        return code
+
+    return run_config_command(parser, argv, command)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -67,7 +67,10 @@ class ModelConfig:
     head_hidden_dim: int = 512  # mlp head only
     head_dropout: float = 0.0
     drop_path_rate: float = 0.0
-    strategy: str = "feature_extraction"  # feature_extraction | full
+    strategy: str = "feature_extraction"  # scratch | feature_extraction | partial | full
+    trainable_stages: Optional[int] = None  # partial: backbone stages, counted back from the head, that train [1]
+    unfreeze: dict[int, Union[int, str]] = field(default_factory=dict)  # {epochs done: backbone stages (or all)}
+    bn_policy: str = "eval_frozen"  # eval_frozen | train | eval: which BatchNorm layers update their statistics
 
 
 @dataclass
@@ -78,7 +81,9 @@ class TrainConfig:
     batch_size: int = 32  # global batch size, whatever the number of processes
     eval_batch_size: Optional[int] = None  # default: 2 x batch_size
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
+    lr: Union[float, int, str] = 1e-3  # the head's (and every stage's unless set below); auto: LR finder
+    backbone_lr: Optional[float] = None  # LR of the backbone stage next to the head (seed 001/003: 1e-5)
+    layer_decay: Optional[float] = None  # each stage further from the head gets this times the next one's LR
     weight_decay: float = 0.01
     momentum: float = 0.9  # sgd only
     scheduler: str = "cosine"  # cosine | step | constant
@@ -92,6 +97,9 @@ class TrainConfig:
     seed: int = 42
     best_metric: str = "accuracy"  # validation metric that selects the exported weights
     early_stopping_patience: Optional[int] = None  # epochs without improvement before stopping
+    class_weights: Optional[str] = None  # auto: weight the loss by inverse class frequency of the train split
+    sampler: str = "shuffle"  # shuffle | balanced (every class drawn equally often, with replacement)
+    tta: str = "none"  # none | flip | flip_zoom: final val/test metrics also with test-time augmentation
 
 
 @dataclass
@@ -106,23 +114,37 @@ class OutputConfig:
 
 
 @dataclass
+class CompareConfig:
+    """Variants that ``python -m hf_transfer.compare`` trains on the same data, seed and budget."""
+
+    runs: dict[str, list[str]] = field(default_factory=dict)  # name -> key=value overrides; {}: the four strategies
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
+
+STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
-    "model.strategy": ("feature_extraction", "full"),
+    "model.strategy": STRATEGIES,
+    "model.bn_policy": ("eval_frozen", "train", "eval"),
     "train.optimizer": ("adamw", "sgd"),
     "train.scheduler": ("cosine", "step", "constant"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
     "train.best_metric": ("accuracy", "f1_macro", "top5_accuracy", "loss"),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "random"),
     "data.on_bad_image": ("error", "skip"),
+    "train.class_weights": ("auto",),
+    "train.sampler": ("shuffle", "balanced"),
+    "train.tta": ("none", "flip", "flip_zoom"),
 }
 
 # key -> (test, what the value must be)
@@ -130,7 +152,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.batch_size": (lambda v: v >= 1, ">= 1"),
     "train.eval_batch_size": (lambda v: v >= 1, ">= 1"),
-    "train.lr": (lambda v: v > 0, "> 0 (for example 1e-3)"),
+    "train.lr": (lambda v: v == "auto" or (isinstance(v, float) and v > 0), "> 0 (for example 1e-3) or auto"),
+    "train.backbone_lr": (lambda v: v > 0, "> 0 (for example 1e-5), or null for train.lr"),
+    "train.layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (for example 0.7), or null for none"),
     "train.weight_decay": (lambda v: v >= 0, ">= 0"),
     "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.warmup_epochs": (lambda v: v >= 0, ">= 0"),
@@ -157,6 +181,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.head_hidden_dim": (lambda v: v >= 1, ">= 1"),
     "model.head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.trainable_stages": (lambda v: v >= 1, ">= 1 (0 stages is model.strategy feature_extraction)"),
     "output.checkpoint_every": (lambda v: v >= 1, ">= 1 optimizer steps, or null"),
 }
 
@@ -176,8 +201,21 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         raise ConfigError(
             f"Config key '{e.full_key}' has no value: set it in the YAML file or with --{e.full_key} VALUE."
         ) from None
+    _resolve(config)
     validate(config)
     return config
+
+
+def _resolve(config: Config) -> None:
+    """Settings implied by others, made explicit so the saved config says what ran: a number written
+    without a dot (YAML reads ``1e-3`` as text) is a number, and ``scratch`` means random initialisation."""
+    if config.train.lr != "auto":
+        try:
+            config.train.lr = float(config.train.lr)
+        except ValueError:
+            pass  # validate() names the key and what it must be
+    if config.model.strategy == "scratch":
+        config.model.pretrained, config.model.weights = False, None
 
 
 def validate(config: Config) -> None:
@@ -195,6 +233,39 @@ def validate(config: Config) -> None:
             f"'train.batch_size' ({config.train.batch_size}) must be a multiple of "
             f"'train.grad_accum_steps' ({config.train.grad_accum_steps})."
         )
+    _validate_stages(config.model, config.train.epochs)
+
+
+def _validate_stages(model: ModelConfig, epochs: int) -> None:
+    """The strategy and unfreeze schedule make sense together (the model's own stage count is
+    checked once the model exists, by ``freezing.check_stages``)."""
+    if model.trainable_stages is not None and model.strategy != "partial":
+        raise ConfigError(
+            f"'model.trainable_stages' ({model.trainable_stages}) only applies to model.strategy partial, "
+            f"not {model.strategy}; remove it or set model.strategy: partial."
+        )
+    if model.unfreeze and model.strategy in ("full", "scratch"):
+        raise ConfigError(
+            f"'model.unfreeze' has nothing to unfreeze: model.strategy {model.strategy} trains every stage from "
+            "the start. Start from feature_extraction or partial."
+        )
+    trained = (model.trainable_stages or 1) if model.strategy == "partial" else 0
+    for epoch, stages in sorted(model.unfreeze.items()):
+        where = f"'model.unfreeze' entry {{{epoch}: {stages}}}"
+        if not 1 <= epoch < epochs:
+            raise ConfigError(
+                f"{where}: the epoch must be between 1 and train.epochs - 1 = {epochs - 1} (it counts the epochs "
+                "done before the unfreeze); lower it or raise train.epochs."
+            )
+        if stages != "all" and not (isinstance(stages, int) and stages >= 1):
+            raise ConfigError(f"{where}: the value must be a number of backbone stages >= 1, or all.")
+        count = float("inf") if stages == "all" else stages
+        if count <= trained:
+            raise ConfigError(
+                f"{where}: a schedule only unfreezes, so each entry must train more backbone stages than the one "
+                f"before ({'all' if trained == float('inf') else trained})."
+            )
+        trained = count
 
 
 def get_key(config: Any, dotted: str) -> Any:

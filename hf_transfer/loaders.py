@@ -8,8 +8,9 @@ from typing import Any, Optional
 
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
+from .balance import BalancedSampler
 from .config import Config
 from .data import Splits
 from .transforms import INDEX_COLUMN, BatchTransform, SharedEpoch, build_transform
@@ -36,11 +37,12 @@ def build_loaders(splits: Splits, input_config: dict[str, Any], config: Config, 
     micro_batch = config.train.batch_size // config.train.grad_accum_steps
     eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
 
-    def loader(dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
+    def loader(dataset: Dataset, batch_size: int, training: bool, sampler: Optional[Sampler] = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=training,
+            shuffle=training and sampler is None,
+            sampler=sampler,
             drop_last=training and len(dataset) > batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -49,11 +51,18 @@ def build_loaders(splits: Splits, input_config: dict[str, Any], config: Config, 
         )
 
     return Loaders(
-        train=loader(train_set, micro_batch, training=True),
+        train=loader(train_set, micro_batch, training=True, sampler=train_sampler(splits, config)),
         val=loader(splits.val.with_transform(eval_transform), eval_batch, training=False),
         test=loader(splits.test.with_transform(eval_transform), eval_batch, training=False) if splits.test else None,
         epoch=epoch,
     )
+
+
+def train_sampler(splits: Splits, config: Config) -> Optional[Sampler]:
+    """``train.sampler: balanced``: classes drawn equally often; else None (a seeded shuffle)."""
+    if config.train.sampler != "balanced":
+        return None
+    return BalancedSampler(splits.train[splits.label_column], splits.num_classes, config.train.seed)
 
 
 def with_row_index(dataset: Dataset) -> Dataset:

@@ -53,3 +53,38 @@ def _save(figure: plt.Figure, path: Path) -> None:
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     write_atomic(path, buffer.getvalue())
+
+
+def plot_lr_sweep(lrs: Sequence[float], losses: Sequence[float], suggestion: float, trainable: int, path: Path) -> None:
+    """The LR finder's smoothed loss against the (log-scaled) learning rate, the suggestion marked."""
+    figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    axis.plot(lrs, losses)
+    axis.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    axis.set_xscale("log")
+    axis.set(
+        title=f"LR finder ({trainable:,} trainable parameters)",
+        xlabel="learning rate (train.lr, the head's)",
+        ylabel="training loss (smoothed)",
+    )
+    axis.grid(alpha=0.3, which="both")
+    axis.set_ylim(top=losses[0] + 1.5 * (losses[0] - min(losses)) + 0.05 * losses[0])  # divergence runs off the top
+    axis.legend()
+    _save(figure, path)
+
+
+COMPARISON_PANELS = (("train_loss", "train loss"), ("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
+
+
+def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> None:
+    """Train loss, train accuracy and validation accuracy per epoch, one line per run, side by side."""
+    figure, axes = plt.subplots(1, len(COMPARISON_PANELS), figsize=(15, 4.6), layout="constrained")
+    for axis, (key, title) in zip(axes, COMPARISON_PANELS):
+        for name, history in histories.items():
+            axis.plot([r["epoch"] for r in history], [r[key] for r in history], marker="o", markersize=3, label=name)
+        axis.set(title=title.capitalize(), xlabel="epoch", ylabel=title)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if key.endswith("accuracy"):
+            axis.set_ylim(0, 1)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(histories), 6))
+    _save(figure, path)

@@ -21,22 +21,24 @@ from typing import Any, Iterator, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .checkpoint import BEST_WEIGHTS, RunState, latest_checkpoint, load_checkpoint, save_best_weights, save_checkpoint
 from .card import write_model_card
 from .config import Config, to_dict, to_yaml
-from .data import Splits, load_splits
+from .data import Splits
 from .errors import CheckpointError, ConfigError, TrainingInterrupted
 from .export import export_model
-from .freezing import parameter_stages, set_trainable_stages, train_mode, trainable_stage_count
+from .freezing import apply_freeze_state, set_trainable_stages, train_mode
 from .launch import wants_cpu
-from .loaders import Loaders, build_loaders
+from .loaders import Loaders
+from .lr_find import resolve_lr
 from .metrics import class_report, classification_metrics
-from .model import count_parameters, create_model
+from .model import count_parameters
 from .optim import build_optimizer, build_scheduler
+from .parts import build_parts
 from .outputs import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -50,7 +52,7 @@ from .outputs import (
 )
 from .plots import plot_confusion_matrix, plot_curves
 from .run_info import write_run_info
-from .transforms import resolve_input_config
+from .tta import tta_logits
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Run:
     loaders: Loaders
     input_config: dict[str, Any]
     criterion: torch.nn.Module
+    stages: list[list[str]]  # parameter names per stage (freezing.parameter_stages)
 
     @property
     def checkpoints(self) -> Path:
@@ -81,8 +84,10 @@ def train(config: Config) -> dict[str, Any]:
     accelerator = build_accelerator(config, root)
     if accelerator.is_main_process:
         reset_output_dir(root, config.output.overwrite)
-        write_atomic(root / CONFIG_FILE, to_yaml(config).encode())
     accelerator.wait_for_everyone()
+    config = resolve_lr(config, accelerator, root)
+    if accelerator.is_main_process:
+        write_atomic(root / CONFIG_FILE, to_yaml(config).encode())
     set_seed(config.train.seed)
     run = prepare(config, accelerator, root)
     state = restore(run) if config.output.resume else RunState(label_names=run.splits.label_names)
@@ -107,6 +112,8 @@ def build_accelerator(config: Config, root: Path) -> Accelerator:
             f"train.batch_size / train.grad_accum_steps = {micro_batch} must be divisible by the "
             f"{processes} processes; change train.batch_size or the number of processes."
         )
+    # parameters unfrozen later still train under DDP only when it tolerates parameters without gradients
+    schedule = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.model.unfreeze else []
     return Accelerator(
         cpu=cpu,
         mixed_precision=choose_mixed_precision(train.mixed_precision, device),
@@ -114,6 +121,7 @@ def build_accelerator(config: Config, root: Path) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
         log_with="tensorboard" if config.output.tensorboard else None,
         project_dir=str(root / "tensorboard"),
+        kwargs_handlers=schedule,
     )
 
 
@@ -131,29 +139,29 @@ def choose_mixed_precision(requested: str, device: torch.device) -> Optional[str
 
 def prepare(config: Config, accelerator: Accelerator, root: Path) -> Run:
     """Load data and model, freeze per strategy, and let accelerate wrap everything."""
-    with accelerator.main_process_first():
-        splits = load_splits(config.data, config.train.seed)
-        model = create_model(config.model, splits.num_classes, config.data.image_size)
-    stages = parameter_stages(model)
-    set_trainable_stages(model, stages, trainable_stage_count(config.model.strategy, len(stages)))
+    parts = build_parts(config, accelerator)
+    splits, model, stages, loaders = parts.splits, parts.model, parts.stages, parts.loaders
     trainable, frozen = count_parameters(model)
     logger.info(
         "%s, strategy %s: %s trainable and %s frozen parameters; %d train / %d val images, %d classes",
         config.model.name, config.model.strategy, f"{trainable:,}", f"{frozen:,}",
         len(splits.train), len(splits.val), splits.num_classes,
     )
-    input_config = resolve_input_config(model, config.data)
-    loaders = build_loaders(splits, input_config, config, accelerator.device)
     optimizer = build_optimizer(model, stages, config.train)
     steps_per_epoch = math.ceil(len(loaders.train) / config.train.grad_accum_steps)
     scheduler = build_scheduler(optimizer, config.train, steps_per_epoch)
+    if config.model.unfreeze and accelerator.num_processes > 1:
+        # DDP averages the gradients of only the parameters that train when it wraps the model
+        logger.info("Unfreeze schedule on %d processes: DDP wraps every stage", accelerator.num_processes)
+        set_trainable_stages(model, stages, len(stages))
     model, optimizer, loaders.train, loaders.val, scheduler = accelerator.prepare(
         model, optimizer, loaders.train, loaders.val, scheduler
     )
     if loaders.test is not None:
         loaders.test = accelerator.prepare(loaders.test)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
-    return Run(config, accelerator, root, splits, model, optimizer, scheduler, loaders, input_config, criterion)
+    return Run(
+        config, accelerator, root, splits, model, optimizer, scheduler, loaders, parts.input_config, parts.criterion, stages
+    )
 
 
 def restore(run: Run) -> RunState:
@@ -203,7 +211,8 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
         save_checkpoint(accelerator, run.checkpoints, state)
         if accelerator.is_main_process:
             write_metrics_log(run.root, state.history)
-        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.epoch)
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        accelerator.log({**scalars, **{f"lr/{k}": v for k, v in record["lr"].items()}}, step=state.epoch)
         logger.info(_summary(record, config.train.epochs))
         if stop.requested():
             raise TrainingInterrupted(stop.signum, run.checkpoints)
@@ -212,7 +221,8 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
 def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]:
     """One epoch of optimizer steps (resuming mid-epoch if ``state`` says so); train loss/accuracy."""
     config, accelerator, model = run.config, run.accelerator, run.model
-    train_mode(model)
+    trainable = apply_freeze_state(accelerator.unwrap_model(model), run.stages, config.model, state.epoch)
+    train_mode(model, config.model.bn_policy)
     run.loaders.epoch.set(state.epoch)
     run.loaders.train.set_epoch(state.epoch)
     loader = run.loaders.train
@@ -250,7 +260,12 @@ def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]
             raise TrainingInterrupted(stop.signum, run.checkpoints)
     elapsed = time.perf_counter() - started
     loss_sum, correct, seen = accelerator.reduce(sums).tolist()
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "train_images_per_s": seen / elapsed}
+    return {
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "train_images_per_s": seen / elapsed,
+        "trainable_params": trainable,
+    }
 
 
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator) -> dict[str, float]:
@@ -260,13 +275,14 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accele
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator, tta: str = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of the whole split on every process, in dataset order, without duplicates."""
+    """(logits, labels) of the whole split on every process, in dataset order, without duplicates;
+    with test-time augmentation ``tta`` (see tta.py), log-probabilities averaged over its views."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        gathered = accelerator.gather_for_metrics((model(batch["pixel_values"]), batch["labels"]))
+        gathered = accelerator.gather_for_metrics((tta_logits(model, batch["pixel_values"], tta), batch["labels"]))
         logits.append(gathered[0].float().cpu())
         labels.append(gathered[1].cpu())
     return torch.cat(logits), torch.cat(labels)
@@ -282,7 +298,6 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     if best.is_file():
         model.load_state_dict(load_file(str(best)))  # copied into the parameters on their device
     names = run.splits.label_names
-    logits, labels = predict(run.model, run.loaders.val, accelerator)
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "best_metric": run.config.train.best_metric,
@@ -294,11 +309,11 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
         "label_names": names,
         "skipped_images": {split: [row["file"] for row in rows] for split, rows in run.splits.skipped.items()},
-        "val": {**classification_metrics(logits, labels), **class_report(logits, labels, names)},
+        "val": score(run, run.loaders.val),
     }
     if run.loaders.test is not None:
-        logits, labels = predict(run.model, run.loaders.test, accelerator)
-        results["test"] = {**classification_metrics(logits, labels), **class_report(logits, labels, names)}
+        results["test"] = score(run, run.loaders.test)
+    results.update(tta_results(run))
     if accelerator.is_main_process:
         head = None
         if run.config.model.head == "mlp":
@@ -312,6 +327,26 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         summary = {k: round(results["val"][k], 4) for k in ("accuracy", "f1_macro", "balanced_accuracy", "loss")}
         logger.info("Best epoch %s: validation %s; model exported to %s", state.best_epoch, summary, run.root)
     accelerator.wait_for_everyone()
+    return results
+
+
+def score(run: Run, loader: torch.utils.data.DataLoader, tta: str = "none") -> dict[str, Any]:
+    """Metrics and per-class report of the model on one split."""
+    logits, labels = predict(run.model, loader, run.accelerator, tta)
+    return {**classification_metrics(logits, labels), **class_report(logits, labels, run.splits.label_names)}
+
+
+def tta_results(run: Run) -> dict[str, Any]:
+    """With ``train.tta``, the validation (and test) scores again under test-time augmentation, as
+    ``val_tta``/``test_tta`` beside the plain ``val``/``test``."""
+    mode = run.config.train.tta
+    if mode == "none":
+        return {}
+    results = {}
+    for split, loader in (("val", run.loaders.val), ("test", run.loaders.test)):
+        if loader is not None:
+            results[f"{split}_tta"] = {"tta": mode, **score(run, loader, mode)}
+    logger.info("Validation accuracy with %s test-time augmentation: %.4f", mode, results["val_tta"]["accuracy"])
     return results
 
 

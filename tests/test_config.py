@@ -24,7 +24,7 @@ def test_unknown_key_names_the_key_suggests_and_lists_valid_keys() -> None:
 
 
 def test_unknown_section_suggests_the_close_section() -> None:
-    with pytest.raises(ConfigError, match=r"Unknown config key 'trian'.*Did you mean 'train'\?.*augment, data, model"):
+    with pytest.raises(ConfigError, match=r"Unknown config key 'trian'.*Did you mean 'train'\?.*augment, compare, data, model"):
         load_config(None, [*REQUIRED, "trian.epochs=3"])
 
 
@@ -42,7 +42,7 @@ def test_unknown_key_in_yaml_file_names_the_file(tmp_path: Path) -> None:
         ("train.lr=-0.1", r"'train.lr': -0.1\. It must be > 0"),
         ("train.lr=0", r"'train.lr': 0.0\. It must be > 0"),
         ("train.optimizer=adam", r"'train.optimizer': 'adam'\. Valid values: adamw, sgd"),
-        ("model.strategy=everything", r"Valid values: feature_extraction, full"),
+        ("model.strategy=everything", r"Valid values: scratch, feature_extraction, partial, full"),
         ("data.val_fraction=1.5", r"'data.val_fraction': 1.5\. It must be in \(0, 1\)"),
         ("augment.scale=[0.9,0.2]", r"'augment.scale'.*0 < min <= max <= 1"),
         ("train.batch_size=10", r"multiple of 'train.grad_accum_steps' \(4\)"),
@@ -117,6 +117,6 @@ def test_readme_documents_every_config_key() -> None:
     from hf_transfer.config import Config
 
     readme = (REPO / "README.md").read_text()
-    documented = set(re.findall(r"`((?:data|augment|model|train|output)\.[a-z_]+)`", readme))
+    documented = set(re.findall(r"`((?:data|augment|model|train|output|compare)\.[a-z_]+)`", readme))
     keys = {f"{section.name}.{key.name}" for section in fields(Config) for key in fields(section.default_factory)}
     assert keys - documented == set(), "README's config reference misses these keys"

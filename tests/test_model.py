@@ -77,14 +77,15 @@ def test_mlp_head_is_the_seed_000_head() -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_feature_extraction_trains_only_the_head(name: str) -> None:
-    model = create_model(ModelConfig(name=name, pretrained=False), 3)
+    config = ModelConfig(name=name, pretrained=False, strategy="feature_extraction")
+    model = create_model(config, 3)
     stages = parameter_stages(model)
-    set_trainable_stages(model, stages, trainable_stage_count("feature_extraction", len(stages)))
+    set_trainable_stages(model, stages, trainable_stage_count(config, len(stages)))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     head = {n for n, _ in model.get_classifier().named_parameters(prefix=model.pretrained_cfg["classifier"])}
     assert head <= trainable == set(stages[-1])
     assert count_parameters(model)[0] == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
-    set_trainable_stages(model, stages, trainable_stage_count("full", len(stages)))
+    set_trainable_stages(model, stages, trainable_stage_count(ModelConfig(name=name, strategy="full"), len(stages)))
     assert count_parameters(model)[1] == 0
 
 
