@@ -1,6 +1,6 @@
 """The demo in a real browser: headless Chromium (the Debian package; CI installs it in ``.ci/run``) driven by
 Selenium, against ``python space/app.py --model DIR`` run from this checkout. A screenshot of the page is kept
-in ``test-artifacts/space.png``."""
+in ``test-artifacts/space.png``: an image the model classifies rightly, with its label."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hf_transfer import predict
+from hf_transfer.loading import load_model
 from hf_transfer.examples import write_examples
 
 from conftest import REPO, validation_images
@@ -72,6 +73,15 @@ def top_label(model: Path, image: Path) -> str:
     return json.loads(out.getvalue())[0]["predictions"][0]["label"]
 
 
+def rightly_classified(model: Path) -> Path:
+    """A bundled validation image that the model puts in its true class (its folder's name)."""
+    images = validation_images(4)
+    predictions = predict.predict_images(load_model(model), images, top_k=1)
+    right = [image for image, prediction in zip(images, predictions) if prediction.labels[0] == image.parent.name]
+    assert right, f"the test model classifies none of {len(images)} validation images rightly"
+    return right[0]
+
+
 def shown_label(browser: WebDriver, previous: str = "") -> str:
     """The top class the page shows once it differs from ``previous`` (waits up to 60 s)."""
 
@@ -86,14 +96,14 @@ def shown_label(browser: WebDriver, previous: str = "") -> str:
 def test_uploaded_image_and_clicked_example_show_the_predict_commands_label(
     local_app: AppProcess, browser: WebDriver, trained_run: Path, tmp_path: Path
 ) -> None:
-    image = validation_images(1)[7]
+    image = rightly_classified(trained_run)
     browser.get(local_app.url)
     wait = WebDriverWait(browser, 60)
     wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))).send_keys(str(image))
     wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "img[src*='gradio_api/file']")))  # the preview
     browser.find_element(By.XPATH, "//button[normalize-space()='Classify']").click()
     expected = top_label(trained_run, image)
-    assert shown_label(browser) == expected
+    assert shown_label(browser) == expected == image.parent.name  # the predict command's label, and the right one
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "test_resnet" in page and "Validation (40 images)" in page and "10 classes" in page
     ARTIFACTS.mkdir(exist_ok=True)
