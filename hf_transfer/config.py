@@ -46,6 +46,7 @@ class DataConfig:
 class AugmentConfig:
     """Random training augmentations (evaluation never uses them)."""
 
+    policy: str = "standard"  # standard: the transforms below | flip: eval transform + hflip | none: eval transform
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random resized crop area
     ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])  # crop aspect ratio
     hflip: float = 0.5
@@ -100,6 +101,7 @@ class TrainConfig:
     class_weights: Optional[str] = None  # auto: weight the loss by inverse class frequency of the train split
     sampler: str = "shuffle"  # shuffle | balanced (every class drawn equally often, with replacement)
     tta: str = "none"  # none | flip | flip_zoom: final val/test metrics also with test-time augmentation
+    cache_features: str = "auto"  # auto | always | never: cache what the frozen stages compute (see README)
 
 
 @dataclass
@@ -145,6 +147,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.class_weights": ("auto",),
     "train.sampler": ("shuffle", "balanced"),
     "train.tta": ("none", "flip", "flip_zoom"),
+    "train.cache_features": ("auto", "always", "never"),
+    "augment.policy": ("standard", "flip", "none"),
 }
 
 # key -> (test, what the value must be)

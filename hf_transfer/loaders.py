@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from datasets import Dataset
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from .balance import BalancedSampler
 from .config import Config
 from .data import Splits
-from .transforms import INDEX_COLUMN, BatchTransform, SharedEpoch, build_transform
+from .transforms import INDEX_COLUMN, BatchTransform, FlipSchedule, SharedEpoch, build_transform
 
 
 @dataclass
@@ -22,40 +22,69 @@ class Loaders:
     val: DataLoader
     test: Optional[DataLoader]
     epoch: SharedEpoch  # set before each training epoch; seeds that epoch's augmentations
+    eval_transform: BatchTransform  # rows -> tensors the way evaluation (and the feature cache) sees them
+    workers: int
 
 
 def build_loaders(splits: Splits, input_config: dict[str, Any], config: Config, device: torch.device) -> Loaders:
     """Training loader (augmented, shuffled, seeded per sample) and evaluation loaders."""
     epoch = SharedEpoch()
     seed = config.train.seed
+    random = config.augment.policy == "standard"
     train_transform = BatchTransform(
-        build_transform(input_config, config.augment), splits.image_column, splits.label_column, seed, epoch
+        build_transform(input_config, config.augment), splits.image_column, splits.label_column,
+        seed if random else None, epoch, flip_schedule(config, len(splits.train)),
     )
     eval_transform = BatchTransform(build_transform(input_config), splits.image_column, splits.label_column)
     train_set = with_row_index(splits.train).with_transform(train_transform)
     workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
-    micro_batch = config.train.batch_size // config.train.grad_accum_steps
-    eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
 
-    def loader(dataset: Dataset, batch_size: int, training: bool, sampler: Optional[Sampler] = None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=training and sampler is None,
-            sampler=sampler,
-            drop_last=training and len(dataset) > batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),  # never draws from the global RNG
-        )
+    def loader(dataset: Dataset, training: bool, sampler: Optional[Sampler] = None) -> DataLoader:
+        return make_loader(dataset, config, device, training, workers, sampler)
 
     return Loaders(
-        train=loader(train_set, micro_batch, training=True, sampler=train_sampler(splits, config)),
-        val=loader(splits.val.with_transform(eval_transform), eval_batch, training=False),
-        test=loader(splits.test.with_transform(eval_transform), eval_batch, training=False) if splits.test else None,
+        train=loader(train_set, training=True, sampler=train_sampler(splits, config)),
+        val=loader(splits.val.with_transform(eval_transform), training=False),
+        test=loader(splits.test.with_transform(eval_transform), training=False) if splits.test else None,
         epoch=epoch,
+        eval_transform=eval_transform,
+        workers=workers,
     )
+
+
+def make_loader(
+    dataset: Any,
+    config: Config,
+    device: torch.device,
+    training: bool,
+    workers: int,
+    sampler: Optional[Sampler] = None,
+    collate_fn: Optional[Callable] = None,
+) -> DataLoader:
+    """A loader of the run's batch size: training ones shuffled by a seeded generator (or ``sampler``)
+    and without a last partial batch; evaluation ones in order, at the evaluation batch size."""
+    batch_size = config.train.batch_size // config.train.grad_accum_steps
+    if not training:
+        batch_size = config.train.eval_batch_size or 2 * config.train.batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=training and sampler is None,
+        sampler=sampler,
+        drop_last=training and len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.train.seed),  # never draws from the global RNG
+        collate_fn=collate_fn,
+    )
+
+
+def flip_schedule(config: Config, size: int) -> Optional[FlipSchedule]:
+    """The mirrored training images per epoch under ``augment.policy: flip``; None otherwise."""
+    if config.augment.policy != "flip" or not config.augment.hflip:
+        return None
+    return FlipSchedule(config.train.seed, config.augment.hflip, size)
 
 
 def train_sampler(splits: Splits, config: Config) -> Optional[Sampler]:

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .checkpoint import BEST_WEIGHTS, RunState, latest_checkpoint, load_checkpoint, save_best_weights, save_checkpoint
+from .caching import EpochInputs, FeatureCaching
 from .card import write_model_card
 from .config import Config, to_dict, to_yaml
 from .data import Splits
@@ -72,6 +73,12 @@ class Run:
     input_config: dict[str, Any]
     criterion: torch.nn.Module
     stages: list[list[str]]  # parameter names per stage (freezing.parameter_stages)
+    caching: FeatureCaching
+
+    @property
+    def images(self) -> EpochInputs:
+        """The model on the image loaders: what an epoch runs without cached activations."""
+        return EpochInputs(self.model, self.loaders.train, self.loaders.val)
 
     @property
     def checkpoints(self) -> Path:
@@ -147,6 +154,7 @@ def prepare(config: Config, accelerator: Accelerator, root: Path) -> Run:
         config.model.name, config.model.strategy, f"{trainable:,}", f"{frozen:,}",
         len(splits.train), len(splits.val), splits.num_classes,
     )
+    caching = FeatureCaching(config, accelerator, model, splits, parts.input_config, loaders)
     optimizer = build_optimizer(model, stages, config.train)
     steps_per_epoch = math.ceil(len(loaders.train) / config.train.grad_accum_steps)
     scheduler = build_scheduler(optimizer, config.train, steps_per_epoch)
@@ -160,7 +168,8 @@ def prepare(config: Config, accelerator: Accelerator, root: Path) -> Run:
     if loaders.test is not None:
         loaders.test = accelerator.prepare(loaders.test)
     return Run(
-        config, accelerator, root, splits, model, optimizer, scheduler, loaders, parts.input_config, parts.criterion, stages
+        config, accelerator, root, splits, model, optimizer, scheduler, loaders, parts.input_config, parts.criterion,
+        stages, caching,
     )
 
 
@@ -190,8 +199,10 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
     config, accelerator = run.config, run.accelerator
     while state.epoch < config.train.epochs and not _early_stopped(state, config):
         started = time.perf_counter()
-        train_stats = train_epoch(run, state, stop)
-        val = evaluate(run.model, run.loaders.val, accelerator)
+        trainable = apply_freeze_state(accelerator.unwrap_model(run.model), run.stages, config.model, state.epoch)
+        inputs = run.caching.inputs(run.images)
+        train_stats = train_epoch(run, state, stop, inputs)
+        val = evaluate(run.model, inputs.val, accelerator, inputs.forward)
         value = val[config.train.best_metric]
         improved = state.best_metric is None or (
             value < state.best_metric if config.train.best_metric == "loss" else value > state.best_metric
@@ -203,8 +214,10 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
                 save_best_weights(accelerator.unwrap_model(run.model), run.checkpoints, state.epoch, value)
         else:
             state.epochs_without_improvement += 1
-        record = {"epoch": state.epoch, **train_stats, **{f"val_{k}": v for k, v in val.items()}}
+        record = {"epoch": state.epoch, **train_stats, "trainable_params": trainable}
+        record.update({f"val_{k}": v for k, v in val.items()})
         record["epoch_time_s"] = round(time.perf_counter() - started, 3)
+        record["inputs"] = f"cached activations at {inputs.boundary}" if inputs.boundary else "images"
         record["lr"] = {group["name"]: group["lr"] for group in run.optimizer.param_groups}
         state.history.append(record)
         state.step_in_epoch, state.partial_epoch = 0, {}
@@ -214,18 +227,20 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         accelerator.log({**scalars, **{f"lr/{k}": v for k, v in record["lr"].items()}}, step=state.epoch)
         logger.info(_summary(record, config.train.epochs))
+        if state.epoch == 1:
+            run.caching.report_savings(record["epoch_time_s"])
         if stop.requested():
             raise TrainingInterrupted(stop.signum, run.checkpoints)
 
 
-def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]:
-    """One epoch of optimizer steps (resuming mid-epoch if ``state`` says so); train loss/accuracy."""
+def train_epoch(run: Run, state: RunState, stop: "StopFlag", inputs: EpochInputs) -> dict[str, float]:
+    """One epoch of optimizer steps on ``inputs`` (resuming mid-epoch if ``state`` says so); train
+    loss/accuracy."""
     config, accelerator, model = run.config, run.accelerator, run.model
-    trainable = apply_freeze_state(accelerator.unwrap_model(model), run.stages, config.model, state.epoch)
     train_mode(model, config.model.bn_policy)
     run.loaders.epoch.set(state.epoch)
-    run.loaders.train.set_epoch(state.epoch)
-    loader = run.loaders.train
+    inputs.train.set_epoch(state.epoch)
+    loader = inputs.train
     if state.step_in_epoch:
         loader = accelerator.skip_first_batches(loader, state.step_in_epoch * config.train.grad_accum_steps)
     # running sums of this epoch; a resumed epoch starts from the saved ones (on one process only)
@@ -236,7 +251,7 @@ def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]
     progress = tqdm(loader, desc=f"epoch {state.epoch + 1}", disable=not accelerator.is_local_main_process, leave=False)
     for batch in progress:
         with accelerator.accumulate(model):
-            logits = model(batch["pixel_values"])
+            logits = inputs.forward(batch["pixel_values"])
             loss = run.criterion(logits, batch["labels"])
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.train.grad_clip:
@@ -264,25 +279,35 @@ def train_epoch(run: Run, state: RunState, stop: "StopFlag") -> dict[str, float]
         "train_loss": loss_sum / seen,
         "train_accuracy": correct / seen,
         "train_images_per_s": seen / elapsed,
-        "trainable_params": trainable,
     }
 
 
-def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    accelerator: Accelerator,
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, float]:
     """Metrics over the whole split, each image counted exactly once across processes."""
-    return classification_metrics(*predict(model, loader, accelerator))
+    return classification_metrics(*predict(model, loader, accelerator, forward=forward))
 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator, tta: str = "none"
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    accelerator: Accelerator,
+    tta: str = "none",
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of the whole split on every process, in dataset order, without duplicates;
-    with test-time augmentation ``tta`` (see tta.py), log-probabilities averaged over its views."""
+    with test-time augmentation ``tta`` (see tta.py), log-probabilities averaged over its views.
+    ``forward`` (default: the model) is what the batches go through, in eval mode."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        gathered = accelerator.gather_for_metrics((tta_logits(model, batch["pixel_values"], tta), batch["labels"]))
+        outputs = tta_logits(forward or model, batch["pixel_values"], tta)
+        gathered = accelerator.gather_for_metrics((outputs, batch["labels"]))
         logits.append(gathered[0].float().cpu())
         labels.append(gathered[1].cpu())
     return torch.cat(logits), torch.cat(labels)

@@ -31,10 +31,11 @@ def resolve_input_config(model: torch.nn.Module, data: DataConfig) -> dict[str, 
 
 
 def build_transform(input_config: dict[str, Any], augment: Optional[AugmentConfig] = None) -> Callable:
-    """timm's eval transform (resize by crop_pct, center crop), or its train transform when
-    ``augment`` is given: random resized crop, flips, optional rotation, colour jitter,
-    auto-augment and random erasing."""
-    if augment is None:
+    """timm's eval transform (resize by crop_pct, center crop), or, when ``augment`` is given with
+    ``policy: standard``, its train transform: random resized crop, flips, optional rotation, colour
+    jitter, auto-augment and random erasing. Policies ``flip`` and ``none`` train on the eval transform
+    (the flips are applied by ``BatchTransform`` from a ``FlipSchedule``)."""
+    if augment is None or augment.policy != "standard":
         return create_transform(**input_config, is_training=False)
     transform = create_transform(
         **{k: v for k, v in input_config.items() if k not in ("crop_pct", "crop_mode")},
@@ -83,11 +84,30 @@ class SharedEpoch:
         return int(self._value)
 
 
+class FlipSchedule:
+    """Which training images are mirrored in which epoch (``augment.policy: flip``): one seeded draw
+    per epoch for the whole split, shared by the image pipeline and the feature cache so that both
+    train on the same views."""
+
+    def __init__(self, seed: int, probability: float, size: int) -> None:
+        self.seed, self.probability, self.size = seed, probability, size
+        self._epoch: Optional[int] = None
+        self._mask = torch.zeros(size, dtype=torch.bool)
+
+    def mask(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(hash((self.seed, epoch)) & 0xFFFFFFFF)
+            self._mask = torch.rand(self.size, generator=generator) < self.probability
+            self._epoch = epoch
+        return self._mask
+
+
 class BatchTransform:
     """The ``Dataset.with_transform`` callable: rows -> ``pixel_values`` tensors and ``labels``.
 
-    With ``seed`` and ``epoch`` (training), each row's randomness is seeded from
-    (seed, epoch, row index); without them (evaluation), the transform is deterministic anyway.
+    With ``seed`` and ``epoch`` (random training augmentations), each row's randomness is seeded from
+    (seed, epoch, row index); without a seed, the transform is deterministic anyway.
+    With ``flips``, the rows the schedule picks for this epoch are mirrored after the transform.
     """
 
     def __init__(
@@ -97,23 +117,28 @@ class BatchTransform:
         label_column: str,
         seed: Optional[int] = None,
         epoch: Optional[SharedEpoch] = None,
+        flips: Optional[FlipSchedule] = None,
     ) -> None:
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
         self.seed = seed
         self.epoch = epoch
+        self.flips = flips
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images = [to_rgb(image) for image in batch[self.image_column]]
+        epoch = int(self.epoch) if self.epoch is not None else 0
         if self.seed is None:
             pixels = [self.transform(image) for image in images]
         else:
-            epoch = int(self.epoch) if self.epoch is not None else 0
             pixels = []
             for image, index in zip(images, batch[INDEX_COLUMN]):
                 with seeded(hash((self.seed, epoch, index)) & 0xFFFFFFFF):
                     pixels.append(self.transform(image))
+        if self.flips is not None:
+            mirrored = self.flips.mask(epoch)
+            pixels = [p.flip(-1) if mirrored[i] else p for p, i in zip(pixels, batch[INDEX_COLUMN])]
         return {"pixel_values": pixels, "labels": batch[self.label_column]}
 
 

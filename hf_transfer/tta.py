@@ -7,9 +7,10 @@ zoomed back to full size and its mirror.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 TTA_MODES = ("none", "flip", "flip_zoom")
 ZOOM = 0.8  # share of each side kept by the zoomed view
@@ -31,7 +32,7 @@ def tta_views(pixel_values: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return views
 
 
-def tta_logits(model: nn.Module, pixel_values: torch.Tensor, mode: str = "none") -> torch.Tensor:
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor, mode: str = "none") -> torch.Tensor:
     """Log of the mean class probabilities over the views; plain logits when ``mode`` is ``none``.
 
     Log-probabilities keep argmax, top-k and cross-entropy meaningful for callers that expect logits.

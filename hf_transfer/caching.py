@@ -1,0 +1,194 @@
+"""When a run trains on cached activations of its frozen stages, and what each epoch then feeds the model.
+
+Per epoch, after the freeze state is applied: if the first segments of the model are frozen and
+caching applies (``train.cache_features``, ``augment.policy``, one process, frozen BatchNorm
+statistics), the train and validation splits are fed as cached activations at the first trainable
+segment, and only the segments from there on run. An unfreeze that moves that boundary builds the
+cache at the new one; when every stage trains, the epoch runs full forward passes on images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from .config import Config
+from .data import Splits
+from .feature_cache import CachedFeatures, cached_split, identity_collate
+from .loaders import Loaders, flip_schedule, make_loader, train_sampler
+from .segments import Segment, Suffix, covers_model, first_trainable, matches_forward, model_segments, run_segments
+from .transforms import FlipSchedule
+
+logger = logging.getLogger(__name__)
+
+POLICY = "augment.policy standard draws new random crops every epoch"
+
+
+@dataclass
+class EpochInputs:
+    """What an epoch runs: the forward to call and the loaders that feed it."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    train: DataLoader
+    val: DataLoader
+    boundary: Optional[str] = None  # the segment the cached activations enter; None: images
+
+
+def checked_segments(model: torch.nn.Module, input_size: tuple[int, ...]) -> Optional[list[Segment]]:
+    """The model's segments when they account for every parameter and reproduce its forward."""
+    segments = model_segments(model)
+    if not covers_model(model, segments):
+        logger.info("Feature caching is off: %s's segments do not cover all its parameters", type(model).__name__)
+        return None
+    probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    if not matches_forward(model, segments, probe):
+        logger.warning("Feature caching is off: %s's forward does not match its segments", type(model).__name__)
+        return None
+    return segments
+
+
+def blocker(config: Config, num_processes: int) -> Optional[str]:
+    """Why this run cannot train on cached activations, or None when it can."""
+    if config.train.cache_features == "never":
+        return "train.cache_features is never"
+    if num_processes > 1:
+        return f"the run has {num_processes} processes (the cache is built and used by one)"
+    if config.model.bn_policy == "train":
+        return "model.bn_policy train updates the frozen BatchNorm statistics at every step"
+    if config.augment.policy == "standard" and config.train.cache_features == "auto":
+        return POLICY
+    return None
+
+
+class FeatureCaching:
+    """Chooses each epoch's inputs, building a cache whenever the frozen/trainable boundary moves."""
+
+    def __init__(
+        self,
+        config: Config,
+        accelerator: Accelerator,
+        model: torch.nn.Module,
+        splits: Splits,
+        input_config: dict[str, Any],
+        loaders: Loaders,
+    ) -> None:
+        self.config, self.accelerator, self.model = config, accelerator, model
+        self.splits, self.input_config, self.loaders = splits, input_config, loaders
+        self.blocked = blocker(config, accelerator.num_processes)
+        if self.blocked and self.blocked != POLICY:
+            logger.info("Feature caching is off: %s", self.blocked)
+        usable = self.blocked in (None, POLICY)  # the policy case still estimates what caching would save
+        self.segments = checked_segments(model, tuple(input_config["input_size"])) if usable else None
+        self.current: Optional[EpochInputs] = None
+        if config.augment.policy == "standard" and config.train.cache_features == "always" and not self.blocked:
+            logger.warning(
+                "train.cache_features always with augment.policy standard: the cached training images are "
+                "the eval transform's (and their mirrors when augment.hflip > 0); the random crops, rotation "
+                "and colour augmentations of augment.* are not applied"
+            )
+
+    @property
+    def views(self) -> int:
+        return 2 if self.config.augment.policy != "none" and self.config.augment.hflip > 0 else 1
+
+    def inputs(self, images: EpochInputs) -> EpochInputs:
+        """The cached inputs for the current freeze state, or ``images`` when caching does not apply."""
+        if self.blocked or self.segments is None:
+            return images
+        boundary = first_trainable(self.model, self.segments)
+        if boundary == 0:
+            if self.current is not None:
+                logger.info("Every stage trains now: full forward passes on images")
+            self.current = None
+            return images
+        if self.current is None or self.current.boundary != self.segments[boundary].name:
+            self.current = self._build(boundary)
+        return self.current
+
+    def _build(self, boundary: int) -> EpochInputs:
+        prefix = self.segments[:boundary]
+        started = time.perf_counter()
+        tensors = {
+            name: self._split(name, split, prefix)
+            for name, split in (("train", self.splits.train), ("validation", self.splits.val))
+        }
+        logger.info(
+            "Training on cached activations at %s (stages before it are frozen): ready in %.1f s",
+            self.segments[boundary].name, time.perf_counter() - started,
+        )
+        flips = flip_schedule(self.config, len(self.splits.train))
+        if flips is None and self.views == 2:  # train.cache_features always with policy standard
+            flips = FlipSchedule(self.config.train.seed, self.config.augment.hflip, len(self.splits.train))
+        train = CachedFeatures(tensors["train"], flips, self.loaders.epoch)
+        device = self.accelerator.device
+
+        def loader(dataset: CachedFeatures, training: bool) -> DataLoader:
+            sampler = train_sampler(self.splits, self.config) if training else None
+            built = make_loader(dataset, self.config, device, training, 0, sampler, identity_collate)
+            return self.accelerator.prepare(built)
+
+        suffix = Suffix(self.model, self.segments, boundary, self.config.model.head_dropout)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self.accelerator.autocast():
+                return suffix(x)
+
+        return EpochInputs(forward, loader(train, True), loader(CachedFeatures(tensors["validation"]), False),
+                           self.segments[boundary].name)
+
+    def _split(self, name: str, split: Any, prefix: list[Segment]) -> dict[str, torch.Tensor]:
+        key = {
+            "model": self.config.model.name,
+            "segments": [segment.name for segment in prefix],
+            "transform": repr(self.loaders.eval_transform.transform),
+            "input": self.input_config,
+            "data": split._fingerprint,
+            "split": name,
+            "columns": [self.splits.image_column, self.splits.label_column],
+            "precision": self.accelerator.mixed_precision,
+        }
+        views = self.views if name == "train" else 1
+
+        def extraction_loader() -> DataLoader:
+            dataset = split.with_transform(self.loaders.eval_transform)
+            return make_loader(dataset, self.config, self.accelerator.device, False, self.loaders.workers)
+
+        return cached_split(self.model, prefix, key, extraction_loader, views, self.accelerator.autocast, self.accelerator.device)
+
+    def report_savings(self, epoch_seconds: float) -> None:
+        """Random augmentation kept the cache off: say what it would have saved (after the first epoch)."""
+        if self.blocked != POLICY or self.segments is None:
+            return
+        boundary = first_trainable(self.model, self.segments)
+        if boundary == 0:
+            return
+        pixels = next(iter(self.loaders.val))["pixel_values"][: self.config.train.batch_size]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            started = time.perf_counter()
+            with torch.no_grad(), self.accelerator.autocast():
+                cached = run_segments(self.segments[:boundary], pixels)
+            frozen = time.perf_counter() - started
+            started = time.perf_counter()
+            with self.accelerator.autocast():
+                Suffix(self.model, self.segments, boundary, 0.0)(cached).float().logsumexp(-1).sum().backward()
+            trainable = time.perf_counter() - started
+        finally:
+            self.model.train(was_training)
+            for parameter in self.model.parameters():
+                parameter.grad = None
+        share = frozen / (frozen + trainable)
+        logger.info(
+            "The frozen stages (before %s) are about %.0f%% of each training step and are recomputed every "
+            "epoch because %s. With augment.policy flip their output would be computed once and cached, "
+            "making epochs after the first about %.0fx faster than this one (%.1f s), at the cost of the "
+            "random crops.",
+            self.segments[boundary].name, 100 * share, POLICY, 1 / max(1 - share, 1e-3), epoch_seconds,
+        )

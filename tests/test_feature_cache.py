@@ -1,0 +1,172 @@
+"""Cached activations of frozen stages: the split model equals the model, cached training equals
+uncached training, the cache is reused, and every part of its key invalidates it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hf_transfer import feature_cache
+from hf_transfer.config import ModelConfig
+from hf_transfer.feature_cache import features_dir
+from hf_transfer.freezing import parameter_stages, set_trainable_stages
+from hf_transfer.model import create_model
+from hf_transfer.segments import Suffix, covers_model, first_trainable, matches_forward, model_segments, run_segments
+from hf_transfer.training import train
+
+from conftest import MINI, tiny_config
+
+FAMILIES = ["test_efficientnet", "test_resnet", "test_convnext", "test_vit", "test_byobnet"]
+FAST = dict(data__max_train_samples=48, data__max_val_samples=24, augment__policy="flip", train__epochs=2)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cache_files() -> set[Path]:
+    return set(features_dir().glob("*.safetensors")) if features_dir().is_dir() else set()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_boundary_of_the_split_model_gives_the_models_logits(name: str) -> None:
+    model = create_model(ModelConfig(name=name, pretrained=False), 10, image_size=32).eval()
+    segments = model_segments(model)
+    x = torch.randn(3, 3, 32, 32)
+    assert covers_model(model, segments) and matches_forward(model, segments, x)
+    expected = model(x)
+    for boundary in range(1, len(segments)):
+        cached = run_segments(segments[:boundary], x)
+        got = Suffix(model, segments, boundary, dropout=0.5)(cached)  # eval mode: no dropout
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "test_vit"])
+def test_the_boundary_is_the_first_segment_with_a_trainable_parameter(name: str) -> None:
+    model = create_model(ModelConfig(name=name, pretrained=False), 10, image_size=32)
+    segments, stages = model_segments(model), parameter_stages(model)
+    for count in range(1, len(stages)):
+        set_trainable_stages(model, stages, count)
+        boundary = first_trainable(model, segments)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert not trainable.intersection(n for s in segments[:boundary] for n in s.parameters)
+        assert trainable.intersection(segments[boundary].parameters)
+
+
+@pytest.mark.parametrize(
+    "model_settings",
+    [
+        dict(model__name="test_efficientnet", model__strategy="feature_extraction"),
+        dict(model__name="test_resnet", model__strategy="partial", model__trainable_stages=1, model__head="mlp"),
+    ],
+)
+def test_cached_training_equals_training_on_images(
+    tmp_path: Path, model_settings: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feature_cache, "FP16_MAX", 0.0)  # stored in fp32: the same numbers as on images
+    settings = {**FAST, **model_settings}
+    cached = train(tiny_config(tmp_path / "cached", **settings))
+    images = train(tiny_config(tmp_path / "images", train__cache_features="never", **settings))
+    cached_history, image_history = _history(tmp_path / "cached" / "run"), _history(tmp_path / "images" / "run")
+    assert all(r["inputs"].startswith("cached activations at") for r in cached_history)
+    assert all(r["inputs"] == "images" for r in image_history)
+    for ours, theirs in zip(cached_history, image_history):  # fp16 storage of the activations: close, not equal
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), key
+    assert cached["val"]["loss"] == pytest.approx(images["val"]["loss"], rel=1e-4)
+
+
+def test_half_precision_storage_stays_close_to_training_on_images(tmp_path: Path) -> None:
+    settings = dict(FAST, data__max_train_samples=40, model__name="test_resnet", model__strategy="partial")
+    settings["model__trainable_stages"] = 1  # a subset no other test caches: this run writes its own files
+    before = _cache_files()
+    cached = train(tiny_config(tmp_path / "cached", **settings))
+    images = train(tiny_config(tmp_path / "images", train__cache_features="never", **settings))
+    written = _cache_files() - before
+    assert written and all(load_file(str(path))["features"].dtype == torch.float16 for path in written)
+    assert cached["val"]["loss"] == pytest.approx(images["val"]["loss"], rel=1e-2)
+    assert cached["val"]["accuracy"] == pytest.approx(images["val"]["accuracy"], abs=0.05)
+
+
+def test_a_rerun_reuses_the_cache_and_every_key_part_invalidates_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(MINI, data)
+    settings = dict(FAST, data__path=str(data), model__name="test_efficientnet", model__strategy="feature_extraction")
+
+    def run(name: str, **changes) -> set[Path]:
+        before = _cache_files()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_transfer.feature_cache"):
+            train(tiny_config(tmp_path / name, **{**settings, **changes}))
+        return _cache_files() - before
+
+    assert len(run("first")) == 2  # train and validation
+    assert run("again") == set() and "Feature cache hit for train" in caplog.text
+    assert run("head_variant", model__head="mlp", train__lr=0.05) == set()  # same frozen stages: reused
+    assert len(run("size", data__image_size=40)) == 2  # transform
+    assert len(run("model", model__name="test_efficientnet_gn")) == 2  # architecture and weights
+    assert len(run("boundary", model__strategy="partial", model__trainable_stages=1)) == 2
+    assert len(run("no_flip", augment__policy="none")) == 1  # one view of train; validation unchanged
+    image = next((data / "train").rglob("*.png"))
+    Image.open(image).rotate(90).save(image)
+    assert len(run("data")) >= 1  # the dataset fingerprint
+
+
+def test_other_weights_miss_the_cache(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = create_model(ModelConfig(name="test_efficientnet", pretrained=False), 10, image_size=32)
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    settings = dict(
+        FAST, model__name="test_efficientnet", model__strategy="feature_extraction", model__pretrained=True,
+        model__weights=str(weights),
+    )
+    before = _cache_files()
+    train(tiny_config(tmp_path / "a", **settings))
+    first = _cache_files() - before
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.01)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    train(tiny_config(tmp_path / "b", **settings))
+    assert len(_cache_files() - before - first) == 2
+
+
+def test_unfreezing_moves_the_cache_boundary_then_returns_to_images(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path, **dict(FAST, train__epochs=3), model__name="test_efficientnet",
+        model__strategy="feature_extraction", model__unfreeze="{1: 1, 2: all}",
+    )
+    train(config)
+    assert [r["inputs"] for r in _history(tmp_path / "run")] == [
+        "cached activations at classifier", "cached activations at blocks.4", "images",
+    ]
+
+
+def test_a_damaged_cache_file_is_computed_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = dict(FAST, model__name="test_resnet", model__strategy="feature_extraction")
+    first = train(tiny_config(tmp_path / "a", **settings))
+    assert _cache_files()
+    for path in _cache_files():
+        path.write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.feature_cache"):
+        again = train(tiny_config(tmp_path / "b", **settings))
+    assert "is unreadable" in caplog.text
+    assert again["val"]["loss"] == pytest.approx(first["val"]["loss"], abs=1e-6)
+
+
+def test_standard_augmentation_keeps_images_and_says_what_caching_would_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = dict(FAST, augment__policy="standard", model__name="test_resnet", model__strategy="feature_extraction")
+    with caplog.at_level(logging.INFO, logger="hf_transfer.caching"):
+        train(tiny_config(tmp_path, **settings))
+    assert all(r["inputs"] == "images" for r in _history(tmp_path / "run"))
+    assert "With augment.policy flip their output would be computed once and cached" in caplog.text
