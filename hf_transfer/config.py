@@ -102,6 +102,8 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | balanced (every class drawn equally often, with replacement)
     tta: str = "none"  # none | flip | flip_zoom: final val/test metrics also with test-time augmentation
     cache_features: str = "auto"  # auto | always | never: cache what the frozen stages compute (see README)
+    channels_last: bool = True  # NHWC memory layout for convolutions (faster on CPU and on CUDA with AMP)
+    compile: bool = False  # torch.compile the model (slow first steps; pays off on long GPU runs)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 from torch import nn
@@ -56,6 +57,7 @@ def export_model(
         model_config["hf_transfer_head"] = head
     # the pretrained_cfg timm writes must describe the preprocessing this model was trained with
     model.pretrained_cfg = {**model.pretrained_cfg, **input_config}
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores packed tensors (training may use NHWC)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as staging:
         save_for_hf(model, staging, model_config=model_config, safe_serialization=True)
         _drop_num_classes_arg(Path(staging) / "config.json")

@@ -27,9 +27,12 @@ def stage_lrs(num_stages: int, config: TrainConfig) -> list[float]:
     return [top * decay ** (num_stages - 2 - index) for index in range(num_stages - 1)] + [config.lr]
 
 
-def build_optimizer(model: nn.Module, stages: list[list[str]], config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, stages: list[list[str]], config: TrainConfig, fused: bool = False
+) -> torch.optim.Optimizer:
     """AdamW or SGD over per-stage parameter groups, each named ``stage{i}`` or ``stage{i}_no_decay``,
-    with the stage's base learning rate from :func:`stage_lrs` (and its index as ``stage``)."""
+    with the stage's base learning rate from :func:`stage_lrs` (and its index as ``stage``). ``fused``
+    (for CUDA) updates all parameters in one kernel."""
     parameters = dict(model.named_parameters())
     lrs = stage_lrs(len(stages), config)
     groups = []
@@ -41,8 +44,10 @@ def build_optimizer(model: nn.Module, stages: list[list[str]], config: TrainConf
                 name = f"stage{index}{suffix}"
                 groups.append({"params": params, "name": name, "stage": index, "lr": lrs[index], "weight_decay": weight_decay})
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, fused=fused or None
+        )
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
 
 
 def lr_multiplier(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -204,8 +204,10 @@ def _interrupt_once_unfrozen(checkpoints: Path, sent: threading.Event) -> None:
         time.sleep(0.01)
 
 
-def test_resume_mid_schedule_lands_in_the_same_freeze_state_and_matches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["standard", "flip"])  # flip: epochs 1-2 train on cached activations
+def test_resume_mid_schedule_lands_in_the_same_freeze_state_and_matches(tmp_path: Path, policy: str) -> None:
     settings = dict(
+        augment__policy=policy,
         train__epochs=3,
         train__batch_size=8,
         data__max_train_samples=64,
@@ -236,6 +238,7 @@ def test_resume_mid_schedule_lands_in_the_same_freeze_state_and_matches(tmp_path
     history, expected = _history(tmp_path / "interrupted" / "run"), _history(tmp_path / "reference" / "run")
     assert [r["trainable_params"] for r in history] == [r["trainable_params"] for r in expected]
     assert [r["val_loss"] for r in history] == [r["val_loss"] for r in expected]
+    assert [r["inputs"] for r in history] == [r["inputs"] for r in expected]
     weights = load_file(tmp_path / "interrupted" / "run" / "model.safetensors")
     assert all(torch.equal(v, weights[k]) for k, v in load_file(tmp_path / "reference" / "run" / "model.safetensors").items())
 
