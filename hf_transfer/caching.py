@@ -10,17 +10,19 @@ cache at the new one; when every stage trains, the epoch runs full forward passe
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import psutil
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from .config import Config
 from .data import Splits
-from .feature_cache import CachedFeatures, cached_split, identity_collate
+from .feature_cache import CachedFeatures, cached_split, features_dir, identity_collate, reduced_precision
 from .loaders import Loaders, flip_schedule, make_loader, train_sampler
 from .segments import Segment, Suffix, covers_model, first_trainable, matches_forward, model_segments, run_segments
 from .transforms import FlipSchedule
@@ -108,8 +110,37 @@ class FeatureCaching:
             self.current = None
             return images
         if self.current is None or self.current.boundary != self.segments[boundary].name:
+            problem = self._too_large(boundary)
+            if problem:
+                logger.warning("Feature caching is off for this epoch: %s", problem)
+                self.current = None
+                return images
             self.current = self._build(boundary)
         return self.current
+
+    def _too_large(self, boundary: int) -> Optional[str]:
+        """Why the activations at ``boundary`` should not be cached: more than half the free memory
+        (they are held in memory while training) or half the free disk."""
+        probe = torch.zeros(1, *self.input_config["input_size"], device=self.accelerator.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                per_image = run_segments(self.segments[:boundary], probe).numel() * 2  # stored as fp16
+        finally:
+            self.model.train(was_training)
+        needed = per_image * (len(self.splits.train) * self.views + len(self.splits.val))
+        folder = features_dir()
+        while not folder.exists():
+            folder = folder.parent
+        memory, disk = psutil.virtual_memory().available, shutil.disk_usage(folder).free
+        if needed <= memory / 2 and needed <= disk / 2:
+            return None
+        return (
+            f"the activations at {self.segments[boundary].name} would take {needed / 2**30:.1f} GiB, more than half "
+            f"the free memory ({memory / 2**30:.1f} GiB) or disk ({disk / 2**30:.1f} GiB at {folder}). Freeze more "
+            "stages, lower data.image_size, or set train.cache_features: never to silence this."
+        )
 
     def _build(self, boundary: int) -> EpochInputs:
         prefix = self.segments[:boundary]
@@ -151,7 +182,6 @@ class FeatureCaching:
             "data": split._fingerprint,
             "split": name,
             "columns": [self.splits.image_column, self.splits.label_column],
-            "precision": self.accelerator.mixed_precision,
         }
         views = self.views if name == "train" else 1
 
@@ -159,7 +189,16 @@ class FeatureCaching:
             dataset = split.with_transform(self.loaders.eval_transform)
             return make_loader(dataset, self.config, self.accelerator.device, False, self.loaders.workers)
 
-        return cached_split(self.model, prefix, key, extraction_loader, views, self.accelerator.autocast, self.accelerator.device)
+        device = self.accelerator.device
+        return cached_split(self.model, prefix, key, extraction_loader, views, device, self._extraction_dtype())
+
+    def _extraction_dtype(self) -> Optional[torch.dtype]:
+        """``train.mixed_precision`` auto: the device's fast reduced precision (checked against fp32 on
+        the first batch); fp16/bf16: that one; no: full precision."""
+        requested = self.config.train.mixed_precision
+        if requested == "auto":
+            return reduced_precision(self.accelerator.device)
+        return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[requested]
 
     def report_savings(self, epoch_seconds: float) -> None:
         """Random augmentation kept the cache off: say what it would have saved (after the first epoch)."""

@@ -222,6 +222,8 @@ def _resolve(config: Config) -> None:
             pass  # validate() names the key and what it must be
     if config.model.strategy == "scratch":
         config.model.pretrained, config.model.weights = False, None
+    if config.train.mixed_precision == "False":  # YAML reads a bare `no` as false
+        config.train.mixed_precision = "no"
 
 
 def validate(config: Config) -> None:

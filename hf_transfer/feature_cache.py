@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when what a cache file holds changes
 FP16_MAX = 65504.0
+# Relative L2 error of reduced-precision activations accepted for the cache. Measured on
+# efficientnet_lite0's pooled features in CPU bf16: 0.07-0.08, and a linear probe trained on them scored
+# the same validation accuracy and loss (0.7074 vs 0.7077) as on fp32 features.
+MAX_REDUCED_ERROR = 0.1
 
 
 def features_dir() -> Path:
@@ -83,16 +87,39 @@ def store(path: Path, tensors: dict[str, torch.Tensor], description: dict[str, A
         raise
 
 
-@torch.no_grad()
+def reduced_precision(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype extraction can run the frozen stages in: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs
+    that compute it natively (AVX512-BF16 or AMX), none elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        try:
+            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        except (AttributeError, RuntimeError):
+            return None
+    return None
+
+
+def _run(prefix: Sequence[Segment], x: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        out = run_segments(list(prefix), x).float()
+    return out.clone()  # a normal tensor again: the cached activations feed training
+
+
+def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((got - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
 def extract(
     model: torch.nn.Module,
     prefix: Sequence[Segment],
     loader: DataLoader,
     views: int,
-    autocast: Callable[[], Any],
     device: torch.device,
+    dtype: Optional[torch.dtype] = None,
 ) -> dict[str, torch.Tensor]:
-    """Run the frozen segments over every image (and its mirror when ``views`` is 2), in eval mode."""
+    """Run the frozen segments over every image (and its mirror when ``views`` is 2), in eval mode, in
+    ``dtype`` when its first batch stays within ``MAX_REDUCED_ERROR`` of full precision, else in fp32."""
     was_training = model.training
     model.eval()
     outputs: list[list[torch.Tensor]] = [[] for _ in range(views)]
@@ -101,9 +128,17 @@ def extract(
         for batch in loader:
             pixels = batch["pixel_values"].to(device)
             for view in range(views):
-                with autocast():
-                    out = run_segments(list(prefix), pixels.flip(-1) if view else pixels)
-                outputs[view].append(out.float().cpu())
+                x = pixels.flip(-1) if view else pixels
+                out = _run(prefix, x, dtype)
+                if dtype is not None and not labels and not view:  # first batch: is the reduced precision safe?
+                    exact = _run(prefix, x, None)
+                    error = relative_error(out, exact)
+                    if error > MAX_REDUCED_ERROR:
+                        logger.info("%s differs from fp32 by %.3g here: extracting in fp32", dtype, error)
+                        dtype, out = None, exact
+                    else:
+                        logger.info("Extracting in %s (relative error %.2g against fp32 on the first batch)", dtype, error)
+                outputs[view].append(out.cpu())
             labels.append(torch.as_tensor(batch["labels"]))
     finally:
         model.train(was_training)
@@ -120,11 +155,11 @@ def cached_split(
     key_parts: dict[str, Any],
     make_loader: Callable[[], DataLoader],
     views: int,
-    autocast: Callable[[], Any],
     device: torch.device,
+    dtype: Optional[torch.dtype] = None,
 ) -> dict[str, torch.Tensor]:
     """The split's cached activations: from disk when the key matches, else extracted and stored."""
-    parts = {**key_parts, "weights": prefix_state_hash(model, prefix), "views": views}
+    parts = {**key_parts, "weights": prefix_state_hash(model, prefix), "views": views, "dtype": str(dtype)}
     key = cache_key(parts)
     path = features_dir() / f"{key}.safetensors"
     tensors = load_cached(path, key)
@@ -132,7 +167,7 @@ def cached_split(
         logger.info("Feature cache hit for %s (%s): %s", parts.get("split"), path, tuple(tensors["features"].shape))
         return tensors
     logger.info("Computing %s activations of the frozen stages once (%d view(s)) into %s", parts.get("split"), views, path)
-    tensors = extract(model, prefix, make_loader(), views, autocast, device)
+    tensors = extract(model, prefix, make_loader(), views, device, dtype)
     store(path, tensors, parts)
     return tensors
 

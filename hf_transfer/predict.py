@@ -55,7 +55,7 @@ def predict_images(
     for start in range(0, len(paths), BATCH_SIZE):
         batch = paths[start : start + BATCH_SIZE]
         pixels = torch.stack([loaded.transform(read_image(Path(path))) for path in batch]).to(device)
-        with torch.no_grad():
+        with torch.inference_mode():
             probabilities = tta_logits(loaded.model, pixels, tta).float().softmax(-1).cpu()
         scores, indices = probabilities.topk(k, dim=-1)
         for path, row_scores, row_indices in zip(batch, scores.tolist(), indices.tolist()):

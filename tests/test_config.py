@@ -120,3 +120,10 @@ def test_readme_documents_every_config_key() -> None:
     documented = set(re.findall(r"`((?:data|augment|model|train|output|compare)\.[a-z_]+)`", readme))
     keys = {f"{section.name}.{key.name}" for section in fields(Config) for key in fields(section.default_factory)}
     assert keys - documented == set(), "README's config reference misses these keys"
+
+
+def test_mixed_precision_no_survives_yaml_reading_it_as_false() -> None:
+    from hf_transfer.config import load_config
+
+    config = load_config(REPO / "configs" / "quickstart.yaml", ["train.mixed_precision=no"])
+    assert config.train.mixed_precision == "no"

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hf_transfer import feature_cache
+from hf_transfer import caching, feature_cache
 from hf_transfer.config import ModelConfig
 from hf_transfer.feature_cache import features_dir
 from hf_transfer.freezing import parameter_stages, set_trainable_stages
@@ -71,7 +71,7 @@ def test_cached_training_equals_training_on_images(
     tmp_path: Path, model_settings: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(feature_cache, "FP16_MAX", 0.0)  # stored in fp32: the same numbers as on images
-    settings = {**FAST, **model_settings}
+    settings = {**FAST, **model_settings, "train__mixed_precision": "no"}  # and computed in fp32
     cached = train(tiny_config(tmp_path / "cached", **settings))
     images = train(tiny_config(tmp_path / "images", train__cache_features="never", **settings))
     cached_history, image_history = _history(tmp_path / "cached" / "run"), _history(tmp_path / "images" / "run")
@@ -86,6 +86,7 @@ def test_cached_training_equals_training_on_images(
 def test_half_precision_storage_stays_close_to_training_on_images(tmp_path: Path) -> None:
     settings = dict(FAST, data__max_train_samples=40, model__name="test_resnet", model__strategy="partial")
     settings["model__trainable_stages"] = 1  # a subset no other test caches: this run writes its own files
+    settings["train__mixed_precision"] = "no"  # fp16 storage alone
     before = _cache_files()
     cached = train(tiny_config(tmp_path / "cached", **settings))
     images = train(tiny_config(tmp_path / "images", train__cache_features="never", **settings))
@@ -170,3 +171,31 @@ def test_standard_augmentation_keeps_images_and_says_what_caching_would_save(
         train(tiny_config(tmp_path, **settings))
     assert all(r["inputs"] == "images" for r in _history(tmp_path / "run"))
     assert "With augment.policy flip their output would be computed once and cached" in caplog.text
+
+
+def test_activations_too_large_for_free_memory_train_on_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collections import namedtuple
+
+    import psutil
+
+    memory = namedtuple("Memory", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=1000))  # bytes
+    with caplog.at_level(logging.WARNING, logger="hf_transfer.caching"):
+        train(tiny_config(tmp_path, **FAST, model__name="test_resnet", model__strategy="feature_extraction"))
+    assert all(r["inputs"] == "images" for r in _history(tmp_path / "run"))
+    assert "more than half the free memory" in caplog.text and "train.cache_features: never" in caplog.text
+
+
+@pytest.mark.parametrize("limit, used", [(1.0, "Extracting in torch.bfloat16"), (0.0, "extracting in fp32")])
+def test_reduced_precision_extraction_only_where_it_stays_close_to_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limit: float, used: str
+) -> None:
+    monkeypatch.setattr(feature_cache, "MAX_REDUCED_ERROR", limit)
+    monkeypatch.setattr(caching, "reduced_precision", lambda device: torch.bfloat16)  # whatever this CPU has
+    samples = 44 if limit else 46  # each case extracts its own cache
+    settings = dict(FAST, data__max_train_samples=samples, model__name="test_resnet", model__strategy="feature_extraction")
+    with caplog.at_level(logging.INFO, logger="hf_transfer.feature_cache"):
+        train(tiny_config(tmp_path, **settings))
+    assert used in caplog.text
