@@ -120,7 +120,7 @@ def export_run(run_dir: Path, checkpoint: str = "best", output: Optional[Path] =
                 f"{config.data.path} now has {run.splits.label_names}; export needs the run's data to score the weights."
             )
         try:
-            accelerator.unwrap_model(run.model).load_state_dict(load_file(chosen.weights))
+            accelerator.unwrap_model(run.model, keep_torch_compile=False).load_state_dict(load_file(chosen.weights))
         except (RuntimeError, OSError) as e:
             raise CheckpointError(f"{chosen.weights} does not fit the model of {config_path}: {e}") from e
         shutil.copyfile(config_path, staging / CONFIG_FILE)

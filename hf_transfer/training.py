@@ -212,7 +212,8 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
     config, accelerator = run.config, run.accelerator
     while state.epoch < config.train.epochs and not _early_stopped(state, config):
         started = time.perf_counter()
-        trainable = apply_freeze_state(accelerator.unwrap_model(run.model), run.stages, config.model, state.epoch)
+        model = accelerator.unwrap_model(run.model, keep_torch_compile=False)
+        trainable = apply_freeze_state(model, run.stages, config.model, state.epoch)
         inputs = run.caching.inputs(run.images)
         train_stats = train_epoch(run, state, stop, inputs)
         val = evaluate(run.model, inputs.val, accelerator, inputs.forward)
@@ -224,7 +225,7 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
         if improved:
             state.best_metric, state.best_epoch, state.epochs_without_improvement = value, state.epoch, 0
             if accelerator.is_main_process:
-                save_best_weights(accelerator.unwrap_model(run.model), run.checkpoints, state.epoch, value)
+                save_best_weights(accelerator.unwrap_model(run.model, keep_torch_compile=False), run.checkpoints, state.epoch, value)
         else:
             state.epochs_without_improvement += 1
         record = {"epoch": state.epoch, **train_stats, "trainable_params": trainable}
@@ -319,7 +320,7 @@ def predict(
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        outputs = tta_logits(forward or model, batch["pixel_values"], tta)
+        outputs = tta_logits(model if forward is None else forward, batch["pixel_values"], tta)
         gathered = accelerator.gather_for_metrics((outputs, batch["labels"]))
         logits.append(gathered[0].float().cpu())
         labels.append(gathered[1].cpu())
@@ -331,7 +332,7 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     and write ``metrics.json`` and the plots."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(run.model)
+    model = accelerator.unwrap_model(run.model, keep_torch_compile=False)
     best = run.checkpoints / BEST_WEIGHTS
     if best.is_file():
         model.load_state_dict(load_file(str(best)))  # copied into the parameters on their device

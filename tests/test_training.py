@@ -144,3 +144,16 @@ def test_the_cpu_process_count_is_read_from_the_accelerate_command_line() -> Non
     assert requested_cpu_processes([*python, "-m", "accelerate.commands.launch", "--cpu", "--num-processes=2", "train.py"]) == 2
     assert requested_cpu_processes([*python, "/venv/bin/accelerate", "launch", "--num_processes", "2", "train.py"]) == 1  # GPUs
     assert requested_cpu_processes(["bash", "-c", "python train.py"]) == 1
+
+
+def test_compiled_model_trains_like_the_eager_one_and_exports_plain_weights(tmp_path: Path) -> None:
+    """``train.compile`` (torch.compile through accelerate): the freeze state, evaluation and export see
+    the model itself, not the compiled wrapper."""
+    settings = dict(train__epochs=2, data__max_train_samples=32, data__max_val_samples=16, model__strategy="partial")
+    eager = train(tiny_config(tmp_path / "eager", **settings))
+    compiled = train(tiny_config(tmp_path / "compiled", train__compile=True, **settings))
+    assert compiled["val"]["loss"] == pytest.approx(eager["val"]["loss"], rel=1e-3)
+    history = [json.loads(line) for line in (tmp_path / "compiled" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < history[0]["trainable_params"] < sum(p.numel() for p in timm.create_model("test_resnet").parameters())
+    weights = load_file(tmp_path / "compiled" / "run" / "model.safetensors")
+    assert weights.keys() == load_file(tmp_path / "eager" / "run" / "model.safetensors").keys()
