@@ -2,9 +2,9 @@
 
 While the first segments of the model are frozen and the training images are the same every epoch
 (``augment.policy`` flip or none), what those segments compute is the same every epoch too. It is
-computed once per split under ``no_grad`` and stored in ``cache_dir()/features`` under a key made of
-everything it depends on (architecture and boundary, the frozen weights, the transform, the dataset
-fingerprint), so a rerun, a resumed run or a ``compare`` of head variants skips the extraction, and a
+computed once per split without autograd (in bf16 where that stays close to fp32) and stored in
+``cache_dir()/features`` under a key made of everything it depends on (architecture and boundary, the
+frozen weights, the transform, the dataset fingerprint, the views and the precision), so a rerun, a resumed run or a ``compare`` of head variants skips the extraction, and a
 change to any of them misses the cache. With horizontal flips, the mirrored images are cached too and
 each epoch picks one view per image, exactly as the uncached pipeline would (``FlipSchedule``).
 """
