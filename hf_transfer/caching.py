@@ -23,8 +23,10 @@ from torch.utils.data import DataLoader
 from .config import Config
 from .data import Splits
 from .feature_cache import CachedFeatures, cached_split, features_dir, identity_collate, reduced_precision
-from .loaders import Loaders, flip_schedule, make_loader, train_sampler
-from .segments import Segment, Suffix, covers_model, first_trainable, matches_forward, model_segments, run_segments
+from .loaders import Loaders, make_loader, train_sampler
+from .segments import (
+    Segment, Suffix, covers_model, evaluating, first_trainable, matches_forward, model_segments, run_segments,
+)
 from .transforms import FlipSchedule
 
 logger = logging.getLogger(__name__)
@@ -122,13 +124,8 @@ class FeatureCaching:
         """Why the activations at ``boundary`` should not be cached: more than half the free memory
         (they are held in memory while training) or half the free disk."""
         probe = torch.zeros(1, *self.input_config["input_size"], device=self.accelerator.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                per_image = run_segments(self.segments[:boundary], probe).numel() * 2  # stored as fp16
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), torch.no_grad():
+            per_image = run_segments(self.segments[:boundary], probe).numel() * 2  # stored as fp16
         needed = per_image * (len(self.splits.train) * self.views + len(self.splits.val))
         folder = features_dir()
         while not folder.exists():
@@ -153,8 +150,10 @@ class FeatureCaching:
             "Training on cached activations at %s (stages before it are frozen): ready in %.1f s",
             self.segments[boundary].name, time.perf_counter() - started,
         )
-        flips = flip_schedule(self.config, len(self.splits.train))
-        if flips is None and self.views == 2:  # train.cache_features always with policy standard
+        # the image pipeline's schedule under policy flip (loaders.flip_schedule), and also used with
+        # train.cache_features always under policy standard
+        flips = None
+        if self.views == 2:
             flips = FlipSchedule(self.config.train.seed, self.config.augment.hflip, len(self.splits.train))
         train = CachedFeatures(tensors["train"], flips, self.loaders.epoch)
         device = self.accelerator.device
@@ -208,19 +207,17 @@ class FeatureCaching:
         if boundary == 0:
             return
         pixels = next(iter(self.loaders.val))["pixel_values"][: self.config.train.batch_size]
-        was_training = self.model.training
-        self.model.eval()
         try:
-            started = time.perf_counter()
-            with torch.no_grad(), self.accelerator.autocast():
-                cached = run_segments(self.segments[:boundary], pixels)
-            frozen = time.perf_counter() - started
-            started = time.perf_counter()
-            with self.accelerator.autocast():
-                Suffix(self.model, self.segments, boundary, 0.0)(cached).float().logsumexp(-1).sum().backward()
-            trainable = time.perf_counter() - started
+            with evaluating(self.model):
+                started = time.perf_counter()
+                with torch.no_grad(), self.accelerator.autocast():
+                    cached = run_segments(self.segments[:boundary], pixels)
+                frozen = time.perf_counter() - started
+                started = time.perf_counter()
+                with self.accelerator.autocast():
+                    Suffix(self.model, self.segments, boundary, 0.0)(cached).float().logsumexp(-1).sum().backward()
+                trainable = time.perf_counter() - started
         finally:
-            self.model.train(was_training)
             for parameter in self.model.parameters():
                 parameter.grad = None
         share = frozen / (frozen + trainable)

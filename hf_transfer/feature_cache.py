@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from .segments import Segment, run_segments
+from .segments import Segment, evaluating, run_segments
 from .transforms import FlipSchedule, SharedEpoch
 from .weights import cache_dir
 
@@ -120,11 +120,9 @@ def extract(
 ) -> dict[str, torch.Tensor]:
     """Run the frozen segments over every image (and its mirror when ``views`` is 2), in eval mode, in
     ``dtype`` when its first batch stays within ``MAX_REDUCED_ERROR`` of full precision, else in fp32."""
-    was_training = model.training
-    model.eval()
     outputs: list[list[torch.Tensor]] = [[] for _ in range(views)]
     labels = []
-    try:
+    with evaluating(model):
         for batch in loader:
             pixels = batch["pixel_values"].to(device)
             for view in range(views):
@@ -140,8 +138,6 @@ def extract(
                         logger.info("Extracting in %s (relative error %.2g against fp32 on the first batch)", dtype, error)
                 outputs[view].append(out.cpu())
             labels.append(torch.as_tensor(batch["labels"]))
-    finally:
-        model.train(was_training)
     features = torch.cat([torch.cat(view) for view in outputs])
     # half the memory and disk where the values fit; activations past fp16's range stay fp32
     if features.numel() and features.abs().max() < FP16_MAX:
@@ -194,10 +190,11 @@ class CachedFeatures(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        rows = torch.as_tensor(indices, dtype=torch.long)
+        images = torch.as_tensor(indices, dtype=torch.long)
+        rows = images  # the first len(labels) rows hold the images, the rest their mirrors
         if self.flips is not None and len(self.features) > len(self.labels):
-            rows = rows + len(self.labels) * self.flips.mask(int(self.epoch or 0))[rows].long()
-        return {"pixel_values": self.features[rows].float(), "labels": self.labels[torch.as_tensor(indices)]}
+            rows = images + len(self.labels) * self.flips.mask(int(self.epoch or 0))[images].long()
+        return {"pixel_values": self.features[rows].float(), "labels": self.labels[images]}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         batch = self.__getitems__([index])

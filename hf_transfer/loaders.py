@@ -30,10 +30,10 @@ def build_loaders(splits: Splits, input_config: dict[str, Any], config: Config, 
     """Training loader (augmented, shuffled, seeded per sample) and evaluation loaders."""
     epoch = SharedEpoch()
     seed = config.train.seed
-    random = config.augment.policy == "standard"
+    random_transform = config.augment.policy == "standard"  # the others are deterministic: no per-sample seeds
     train_transform = BatchTransform(
         build_transform(input_config, config.augment), splits.image_column, splits.label_column,
-        seed if random else None, epoch, flip_schedule(config, len(splits.train)),
+        seed if random_transform else None, epoch, flip_schedule(config, len(splits.train)),
     )
     eval_transform = BatchTransform(build_transform(input_config), splits.image_column, splits.label_column)
     train_set = with_row_index(splits.train).with_transform(train_transform)

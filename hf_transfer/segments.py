@@ -9,8 +9,9 @@ is checked against the model's own forward (``matches_forward``) before it is tr
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,19 @@ def first_trainable(model: nn.Module, segments: list[Segment]) -> int:
     return len(segments) - 1
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside, then every module back in its own mode (frozen ones may be in eval while
+    the rest trains, see freezing.train_mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def run_segments(segments: list[Segment], x: torch.Tensor) -> torch.Tensor:
     for segment in segments:
         x = segment.forward(x)
@@ -133,22 +147,8 @@ class Suffix:
 @torch.no_grad()
 def matches_forward(model: nn.Module, segments: list[Segment], probe: torch.Tensor, tolerance: float = 1e-4) -> bool:
     """The segments reproduce ``model(probe)`` in eval mode (timm may change a forward we mirror)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         expected = model(probe)
         got = run_segments(segments, probe)
-    finally:
-        model.train(was_training)
     scale = expected.abs().max().clamp_min(1.0)
     return expected.shape == got.shape and bool(((expected - got).abs().max() / scale) <= tolerance)
-
-
-def split_point(model: nn.Module) -> Optional[tuple[list[Segment], int]]:
-    """(segments, boundary) for the current freeze state, or None when nothing before the head is frozen
-    or the segments do not account for every parameter."""
-    segments = model_segments(model)
-    if not covers_model(model, segments):
-        return None
-    boundary = first_trainable(model, segments)
-    return (segments, boundary) if boundary > 0 else None
