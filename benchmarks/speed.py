@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import psutil
 import torch
@@ -165,20 +165,25 @@ def size_sweep(sizes: list[int], epochs: int, test_dir: Path, out: Path) -> list
     return rows
 
 
-def option_cases(compile_too: bool) -> Iterator[tuple[str, bool, bool, bool]]:
-    """(name, channels_last, bf16, compile)"""
-    yield "fp32", False, False, False
-    yield "channels_last", True, False, False
-    yield "bf16 autocast", False, True, False
-    yield "channels_last + bf16", True, True, False
+def option_cases(compile_too: bool) -> Iterator[tuple[str, bool, bool, bool, bool]]:
+    """(name, channels_last, bf16, compile, BatchNorm folded: inference only)"""
+    yield "fp32", False, False, False, False
+    yield "channels_last", True, False, False, False
+    yield "channels_last + folded BatchNorm", True, False, False, True
+    yield "bf16 autocast", False, True, False, False
+    yield "channels_last + bf16", True, True, False, False
+    yield "channels_last + bf16 + folded BatchNorm", True, True, False, True
     if compile_too:
-        yield "channels_last + compile", True, False, True
+        yield "channels_last + compile", True, False, True, False
 
 
 def measure_options(size: int, weights: Path, repeats: int, compile_too: bool) -> list[dict[str, Any]]:
     """Images/s of a training step (last stage + head trainable) and of inference, for each device
-    option, interleaved case by case within every repeat so a busy machine slows all alike."""
+    option, interleaved case by case within every repeat so a busy machine slows all alike. Folded
+    BatchNorm is for inference only (the feature cache's frozen stages, ``predict``, the Space)."""
     import timm
+
+    from hf_transfer.folding import folded_copy
 
     def build(channels_last: bool, compiled: bool) -> torch.nn.Module:
         model = timm.create_model("efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
@@ -188,9 +193,12 @@ def measure_options(size: int, weights: Path, repeats: int, compile_too: bool) -
             model = model.to(memory_format=torch.channels_last)
         return torch.compile(model) if compiled else model
 
-    cases = [(name, build(cl, comp), bf16) for name, cl, bf16, comp in option_cases(compile_too)]
     batch = torch.randn(32, 3, size, size)
-    timings: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name, _, _ in cases}
+    cases = [
+        (name, folded_copy(build(cl, comp), batch[:2]) if folded else build(cl, comp), bf16, folded)
+        for name, cl, bf16, comp, folded in option_cases(compile_too)
+    ]
+    timings: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name, *_ in cases}
 
     def timed(step: Callable[[], None]) -> float:
         started = time.perf_counter()
@@ -198,7 +206,7 @@ def measure_options(size: int, weights: Path, repeats: int, compile_too: bool) -
         return time.perf_counter() - started
 
     for repeat in range(repeats + 1):  # the first round warms up (and compiles)
-        for name, model, bf16 in cases:
+        for name, model, bf16, folded in cases:
             def train_step() -> None:
                 model.train()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -209,21 +217,28 @@ def measure_options(size: int, weights: Path, repeats: int, compile_too: bool) -
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     model(batch)
 
-            train_time, infer_time = timed(train_step), timed(infer)
+            train_time, infer_time = None if folded else timed(train_step), timed(infer)
             if repeat:
-                timings[name]["train"].append(train_time)
                 timings[name]["infer"].append(infer_time)
+                if train_time is not None:
+                    timings[name]["train"].append(train_time)
     base = timings["fp32"]
-    return [
-        {
-            "option": name,
-            "train_step_images_per_s": len(batch) / statistics.median(t["train"]),
-            "inference_images_per_s": len(batch) / statistics.median(t["infer"]),
-            "train_speedup": statistics.median(base["train"]) / statistics.median(t["train"]),
-            "inference_speedup": statistics.median(base["infer"]) / statistics.median(t["infer"]),
-        }
-        for name, t in timings.items()
-    ]
+
+    def rates(kind: str, times: list[float]) -> tuple[Optional[float], Optional[float]]:
+        """(images/s, speedup over fp32); None for a case that does not run ``kind``."""
+        if not times:
+            return None, None
+        median = statistics.median(times)
+        return len(batch) / median, statistics.median(base[kind]) / median
+
+    rows = []
+    for name, t in timings.items():
+        (train_rate, train_speedup), (infer_rate, infer_speedup) = rates("train", t["train"]), rates("infer", t["infer"])
+        rows.append({
+            "option": name, "train_step_images_per_s": train_rate, "train_speedup": train_speedup,
+            "inference_images_per_s": infer_rate, "inference_speedup": infer_speedup,
+        })
+    return rows
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -281,9 +296,11 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for row in report["options"]:
+            train = "| — | — |" if row["train_speedup"] is None else (
+                f"| {row['train_step_images_per_s']:.1f} | {row['train_speedup']:.2f}x |"
+            )
             lines.append(
-                f"| {row['option']} | {row['train_step_images_per_s']:.1f} | {row['train_speedup']:.2f}x | "
-                f"{row['inference_images_per_s']:.1f} | {row['inference_speedup']:.2f}x |"
+                f"| {row['option']} {train} {row['inference_images_per_s']:.1f} | {row['inference_speedup']:.2f}x |"
             )
         lines.append("")
     return "\n".join(lines)

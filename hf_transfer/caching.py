@@ -4,7 +4,9 @@ Per epoch, after the freeze state is applied: if the first segments of the model
 caching applies (``train.cache_features``, ``augment.policy``, one process, frozen BatchNorm
 statistics), the train and validation splits are fed as cached activations at the first trainable
 segment, and only the segments from there on run. An unfreeze that moves that boundary builds the
-cache at the new one; when every stage trains, the epoch runs full forward passes on images.
+cache at the new one; when every stage trains, the epoch runs full forward passes on images. The
+cache is computed by a copy of the model with its BatchNorms folded (folding.py) when that copy
+reproduces the model, and the final validation scores reuse the cached validation split.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from torch.utils.data import DataLoader
 
 from .config import Config
 from .data import Splits
-from .feature_cache import CachedFeatures, cached_split, features_dir, identity_collate, reduced_precision
+from .feature_cache import (
+    CachedFeatures, cached_split, features_dir, identity_collate, prefix_state_hash, reduced_precision,
+)
+from .folding import folded_copy
 from .loaders import Loaders, make_loader, train_sampler
 from .segments import (
     Segment, Suffix, covers_model, evaluating, first_trainable, matches_forward, model_segments, run_segments,
@@ -42,6 +47,7 @@ class EpochInputs:
     train: DataLoader
     val: DataLoader
     boundary: Optional[str] = None  # the segment the cached activations enter; None: images
+    weights: Optional[str] = None  # hash of the frozen weights the activations were computed with
 
 
 def checked_segments(model: torch.nn.Module, input_size: tuple[int, ...]) -> Optional[list[Segment]]:
@@ -125,8 +131,8 @@ class FeatureCaching:
         (they are held in memory while training) or half the free disk."""
         probe = torch.zeros(1, *self.input_config["input_size"], device=self.accelerator.device)
         with evaluating(self.model), torch.no_grad():
-            per_image = run_segments(self.segments[:boundary], probe).numel() * 2  # stored as fp16
-        needed = per_image * (len(self.splits.train) * self.views + len(self.splits.val))
+            per_image = run_segments(self.segments[:boundary], probe).numel() * 2  # fp16; validation fp32
+        needed = per_image * (len(self.splits.train) * self.views + 2 * len(self.splits.val))
         folder = features_dir()
         while not folder.exists():
             folder = folder.parent
@@ -142,8 +148,12 @@ class FeatureCaching:
     def _build(self, boundary: int) -> EpochInputs:
         prefix = self.segments[:boundary]
         started = time.perf_counter()
+        weights = prefix_state_hash(self.model, prefix)
+        probe = torch.randn(2, *self.input_config["input_size"], device=self.accelerator.device)
+        runner = folded_copy(self.model, probe)  # the frozen stages run faster with BatchNorm folded
+        runs = prefix if runner is self.model else model_segments(runner)[:boundary]
         tensors = {
-            name: self._split(name, split, prefix)
+            name: self._split(name, split, runner, runs, weights)
             for name, split in (("train", self.splits.train), ("validation", self.splits.val))
         }
         logger.info(
@@ -170,9 +180,26 @@ class FeatureCaching:
                 return suffix(x)
 
         return EpochInputs(forward, loader(train, True), loader(CachedFeatures(tensors["validation"]), False),
-                           self.segments[boundary].name)
+                           self.segments[boundary].name, weights)
 
-    def _split(self, name: str, split: Any, prefix: list[Segment]) -> dict[str, torch.Tensor]:
+    def scoring_inputs(self) -> Optional[EpochInputs]:
+        """The last epoch's cached inputs while the frozen stages still hold the weights they were
+        computed with, so that the final validation scores need no second pass over the images; None
+        otherwise. Loading the best epoch's weights keeps them: stages only ever unfreeze, so the
+        stages before the last boundary were frozen in every epoch (the hash checks it)."""
+        current = self.current
+        if current is None or self.segments is None:
+            return None
+        boundary = [segment.name for segment in self.segments].index(current.boundary)
+        if prefix_state_hash(self.model, self.segments[:boundary]) != current.weights:
+            return None
+        return current
+
+    def _split(
+        self, name: str, split: Any, runner: torch.nn.Module, prefix: list[Segment], weights: str
+    ) -> dict[str, torch.Tensor]:
+        """A split's cached activations, computed by ``prefix`` (segments of ``runner``: the model or its
+        folded copy); validation in fp32, since its scores pick the best epoch and are the ones reported."""
         key = {
             "model": self.config.model.name,
             "segments": [segment.name for segment in prefix],
@@ -181,6 +208,7 @@ class FeatureCaching:
             "data": split._fingerprint,
             "split": name,
             "columns": [self.splits.image_column, self.splits.label_column],
+            "weights": weights,
         }
         views = self.views if name == "train" else 1
 
@@ -189,7 +217,9 @@ class FeatureCaching:
             return make_loader(dataset, self.config, self.accelerator.device, False, self.loaders.workers)
 
         device = self.accelerator.device
-        return cached_split(self.model, prefix, key, extraction_loader, views, device, self._extraction_dtype())
+        return cached_split(
+            runner, prefix, key, extraction_loader, views, device, self._extraction_dtype(), exact=name == "validation"
+        )
 
     def _extraction_dtype(self) -> Optional[torch.dtype]:
         """``train.mixed_precision`` auto: the device's fast reduced precision (checked against fp32 on

@@ -30,6 +30,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .errors import ModelError
+from .folding import folded_copy
 from .model import mlp_head, replace_classifier
 from .outputs import METRICS_FILE
 from .transforms import build_transform
@@ -46,7 +47,7 @@ HEAD_KEY = "hf_transfer_head"
 class LoadedModel:
     """A model ready for inference and what it needs around it."""
 
-    model: nn.Module  # in eval mode
+    model: nn.Module  # in eval mode, BatchNorm folded into the convolutions (inference only)
     label_names: list[str]  # in class-index order
     input_config: dict[str, Any]  # timm data config: input_size, interpolation, crop_pct, crop_mode, mean, std
     transform: Callable  # the evaluation preprocessing: RGB PIL image -> tensor
@@ -61,6 +62,7 @@ def load_model(source: Union[str, Path], device: Union[str, torch.device] = "cpu
     # NHWC convolutions: faster inference on CPU and on CUDA (see benchmarks/speed.py)
     model = build_model(folder, config).eval().to(device, memory_format=torch.channels_last)
     input_config = resolve_data_config(model=model)
+    model = folded_copy(model, torch.randn(2, *input_config["input_size"], device=device))
     return LoadedModel(model, list(config["label_names"]), input_config, build_transform(input_config), folder)
 
 

@@ -348,8 +348,9 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
         "label_names": names,
         "skipped_images": {split: [row["file"] for row in rows] for split, rows in run.splits.skipped.items()},
-        "val": score(run, run.loaders.val),
     }
+    cached = run.caching.scoring_inputs()  # the validation split's fp32 activations, when still valid
+    results["val"] = score(run, cached.val, forward=cached.forward) if cached else score(run, run.loaders.val)
     if run.loaders.test is not None:
         results["test"] = score(run, run.loaders.test)
     results.update(tta_results(run))
@@ -369,9 +370,14 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     return results
 
 
-def score(run: Run, loader: torch.utils.data.DataLoader, tta: str = "none") -> dict[str, Any]:
-    """Metrics and per-class report of the model on one split."""
-    logits, labels = predict(run.model, loader, run.accelerator, tta)
+def score(
+    run: Run,
+    loader: torch.utils.data.DataLoader,
+    tta: str = "none",
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, Any]:
+    """Metrics and per-class report of the model on one split (fed to ``forward`` when given)."""
+    logits, labels = predict(run.model, loader, run.accelerator, tta, forward)
     return {**classification_metrics(logits, labels), **class_report(logits, labels, run.splits.label_names)}
 
 

@@ -35,6 +35,13 @@ def _cache_files() -> set[Path]:
     return set(features_dir().glob("*.safetensors")) if features_dir().is_dir() else set()
 
 
+def _split_of(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return json.loads(handle.metadata()["description"])["split"]
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_boundary_of_the_split_model_gives_the_models_logits(name: str) -> None:
     model = create_model(ModelConfig(name=name, pretrained=False), 10, image_size=32).eval()
@@ -90,8 +97,12 @@ def test_half_precision_storage_stays_close_to_training_on_images(tmp_path: Path
     before = _cache_files()
     cached = train(tiny_config(tmp_path / "cached", **settings))
     images = train(tiny_config(tmp_path / "images", train__cache_features="never", **settings))
-    written = _cache_files() - before
-    assert written and all(load_file(str(path))["features"].dtype == torch.float16 for path in written)
+    written = {_split_of(path): load_file(str(path))["features"].dtype for path in _cache_files() - before}
+    assert written["train"] == torch.float16
+    # validation activations are kept in fp32 (this run's may have been written by another test)
+    assert {load_file(str(path))["features"].dtype for path in _cache_files() if _split_of(path) == "validation"} == {
+        torch.float32
+    }
     assert cached["val"]["loss"] == pytest.approx(images["val"]["loss"], rel=1e-2)
     assert cached["val"]["accuracy"] == pytest.approx(images["val"]["accuracy"], abs=0.05)
 
@@ -199,3 +210,37 @@ def test_reduced_precision_extraction_only_where_it_stays_close_to_fp32(
     with caplog.at_level(logging.INFO, logger="hf_transfer.feature_cache"):
         train(tiny_config(tmp_path, **settings))
     assert used in caplog.text
+
+
+def test_reported_validation_scores_are_the_exported_models_on_the_images(tmp_path: Path) -> None:
+    """The final scores come from the cached validation activations (no second pass over the images):
+    they must equal what the exported model gives on the validation images, even though the training
+    activations were computed in bf16."""
+    from hf_transfer.data import load_splits
+    from hf_transfer.loading import load_model
+
+    config = tiny_config(tmp_path, **FAST, model__name="test_efficientnet", model__strategy="feature_extraction")
+    results = train(config)
+    loaded = load_model(tmp_path / "run")
+    val = load_splits(config.data, config.train.seed).val
+    pixels = torch.stack([loaded.transform(image.convert("RGB")) for image in val["image"]])
+    with torch.inference_mode():
+        logits = loaded.model(pixels)
+    labels = torch.tensor(val["label"])
+    assert results["val"]["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert results["val"]["accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+
+
+def test_final_scores_use_the_cache_only_while_the_frozen_weights_are_the_ones_it_was_computed_with(
+    tmp_path: Path,
+) -> None:
+    from hf_transfer.training import build_accelerator, prepare
+
+    config = tiny_config(tmp_path, **FAST, model__name="test_resnet", model__strategy="feature_extraction")
+    run = prepare(config, build_accelerator(config, tmp_path), tmp_path)
+    inputs = run.caching.inputs(run.images)
+    assert inputs.boundary == "classifier" and run.caching.scoring_inputs() is inputs
+    frozen = next(p for p in run.model.parameters() if not p.requires_grad)
+    with torch.no_grad():
+        frozen.add_(1e-3)
+    assert run.caching.scoring_inputs() is None  # scored on the images instead
