@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -156,10 +157,14 @@ def compare(name: str, epochs: int, size: int, test_dir: Path, weights: Path, ou
 
 
 def size_sweep(sizes: list[int], epochs: int, test_dir: Path, out: Path) -> list[dict[str, Any]]:
-    """Feature extraction on cached features at several input sizes: what upscaling 28 px images buys."""
+    """Feature extraction on cached features at several input sizes: what upscaling 28 px images buys.
+    Each size starts from an empty feature cache, like the scenarios."""
+    from hf_transfer.feature_cache import features_dir
+
     rows = []
     for size in sizes:
         print(f"== input size {size} px", flush=True)
+        shutil.rmtree(features_dir(), ignore_errors=True)
         result = run_hf_transfer(SCENARIOS["feature_extraction"][1], epochs, size, test_dir, out / f"size{size}")
         rows.append({"image_size": size, **{k: result[k] for k in ("heldout_accuracy", "wall_s", "eval_images_per_s")}})
     return rows
