@@ -71,7 +71,7 @@ class ModelConfig:
     strategy: str = "feature_extraction"  # scratch | feature_extraction | partial | full
     trainable_stages: Optional[int] = None  # partial: backbone stages, counted back from the head, that train [1]
     unfreeze: dict[int, Union[int, str]] = field(default_factory=dict)  # {epochs done: backbone stages (or all)}
-    bn_policy: str = "eval_frozen"  # eval_frozen | train | eval: which BatchNorm layers update their statistics
+    bn_policy: str = "auto"  # auto | eval_frozen | train | eval: which BatchNorm layers update their statistics
 
 
 @dataclass
@@ -139,7 +139,7 @@ STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
     "model.strategy": STRATEGIES,
-    "model.bn_policy": ("eval_frozen", "train", "eval"),
+    "model.bn_policy": ("auto", "eval_frozen", "train", "eval"),
     "train.optimizer": ("adamw", "sgd"),
     "train.scheduler": ("cosine", "step", "constant"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
@@ -214,7 +214,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 
 def _resolve(config: Config) -> None:
     """Settings implied by others, made explicit so the saved config says what ran: a number written
-    without a dot (YAML reads ``1e-3`` as text) is a number, and ``scratch`` means random initialisation."""
+    without a dot (YAML reads ``1e-3`` as text) is a number, ``scratch`` means random initialisation,
+    and ``bn_policy: auto`` is ``eval`` with an unfreeze schedule, else ``eval_frozen``. (A stage
+    unfrozen mid-run whose BatchNorms switch to batch statistics shifts every feature the head has
+    learned: on seed 004's schedule, validation accuracy fell from 0.78 to 0.53 at the unfreeze and was
+    still 0.74 ten epochs later; with their pretrained statistics kept it rose to 0.80.)"""
     if config.train.lr != "auto":
         try:
             config.train.lr = float(config.train.lr)
@@ -222,6 +226,8 @@ def _resolve(config: Config) -> None:
             pass  # validate() names the key and what it must be
     if config.model.strategy == "scratch":
         config.model.pretrained, config.model.weights = False, None
+    if config.model.bn_policy == "auto":
+        config.model.bn_policy = "eval" if config.model.unfreeze else "eval_frozen"
     if config.train.mixed_precision == "False":  # YAML reads a bare `no` as false
         config.train.mixed_precision = "no"
 

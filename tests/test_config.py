@@ -127,3 +127,15 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false() -> None:
 
     config = load_config(REPO / "configs" / "quickstart.yaml", ["train.mixed_precision=no"])
     assert config.train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize(
+    "overrides, policy",
+    [
+        ([], "eval_frozen"),
+        (["model.strategy=feature_extraction", "model.unfreeze={5: all}"], "eval"),  # keeps pretrained statistics
+        (["model.strategy=feature_extraction", "model.unfreeze={5: all}", "model.bn_policy=train"], "train"),
+    ],
+)
+def test_bn_policy_auto_keeps_pretrained_statistics_through_an_unfreeze(overrides: list[str], policy: str) -> None:
+    assert load_config(None, [*REQUIRED, *overrides]).model.bn_policy == policy
