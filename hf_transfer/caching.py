@@ -223,7 +223,7 @@ class FeatureCaching:
 
     def _extraction_dtype(self) -> Optional[torch.dtype]:
         """``train.mixed_precision`` auto: the device's fast reduced precision (checked against fp32 on
-        the first batch); fp16/bf16: that one; no: full precision."""
+        the first images); fp16/bf16: that one; no: full precision."""
         requested = self.config.train.mixed_precision
         if requested == "auto":
             return reduced_precision(self.accelerator.device)

@@ -144,11 +144,18 @@ class Suffix:
         return run_segments(self.segments, x)
 
 
+def output_difference(expected: torch.Tensor, got: torch.Tensor) -> float:
+    """Largest difference between two outputs of the same computation, relative to the largest
+    expected value (at least 1); infinite when their shapes differ."""
+    if expected.shape != got.shape:
+        return float("inf")
+    return float((expected - got).abs().max() / expected.abs().max().clamp_min(1.0))
+
+
 @torch.no_grad()
 def matches_forward(model: nn.Module, segments: list[Segment], probe: torch.Tensor, tolerance: float = 1e-4) -> bool:
     """The segments reproduce ``model(probe)`` in eval mode (timm may change a forward we mirror)."""
     with evaluating(model):
         expected = model(probe)
         got = run_segments(segments, probe)
-    scale = expected.abs().max().clamp_min(1.0)
-    return expected.shape == got.shape and bool(((expected - got).abs().max() / scale) <= tolerance)
+    return output_difference(expected, got) <= tolerance

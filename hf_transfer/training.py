@@ -225,7 +225,7 @@ def fit(run: Run, state: RunState, stop: "StopFlag") -> None:
         if improved:
             state.best_metric, state.best_epoch, state.epochs_without_improvement = value, state.epoch, 0
             if accelerator.is_main_process:
-                save_best_weights(accelerator.unwrap_model(run.model, keep_torch_compile=False), run.checkpoints, state.epoch, value)
+                save_best_weights(model, run.checkpoints, state.epoch, value)
         else:
             state.epochs_without_improvement += 1
         record = {"epoch": state.epoch, **train_stats, "trainable_params": trainable}
